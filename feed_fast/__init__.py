@@ -1,0 +1,7 @@
+"""feed-fast: fused FEED (feature-level ensemble knowledge distillation) ops, loaders and trainer."""
+from .functional import feed_loss
+from .loss import FEEDLoss, FEEDLossOutput
+from .translator import Translator
+
+__version__ = "0.1.0"
+__all__ = ["feed_loss", "FEEDLoss", "FEEDLossOutput", "Translator", "__version__"]

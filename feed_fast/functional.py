@@ -1,0 +1,81 @@
+"""`feed_loss`: the public FEED loss op. Validates, picks a backend, reduces."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .reference import feed_terms_reference, reduce_terms
+from .validation import FEEDInputs, TensorOrList, check_options, validate_inputs
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising at import
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package (pip install triton); use backend='torch'")
+        if device.type != "cuda" and not interpreter_enabled():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 set before "
+                "feed_fast is imported; use backend='torch' on the CPU"
+            )
+    return backend
+
+
+def reject_float64(inputs: FEEDInputs) -> None:
+    """The kernels take float32/float16/bfloat16; float64 is a reference-only (test) dtype."""
+    for name in ("students", "teachers", "weights", "biases"):
+        for k, x in enumerate(getattr(inputs, name)):
+            if x is not None and x.dtype == torch.float64:
+                raise TypeError(
+                    f"{name}[{k}] is float64; backend='triton' takes float32, float16 or bfloat16 "
+                    "(use backend='torch' for float64)"
+                )
+
+
+def feed_loss(
+    students: TensorOrList,
+    teachers: TensorOrList,
+    weights: Optional[TensorOrList] = None,
+    biases: Optional[TensorOrList] = None,
+    *,
+    beta: float = 1.0,
+    eps: float = 1e-12,
+    negative_slope: Optional[float] = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> Tensor:
+    """FEED / factor-transfer loss of K translator heads against K teacher feature maps.
+
+    For teacher k and sample b: y = act(conv(students[k][b]; weights[k]) + biases[k]),
+    u = y / max(||y||, eps), v = t / max(||t||, eps) over the flattened C*H*W, l = mean_i |u_i - v_i|.
+    reduction "none" -> (K, B) of beta * l; "mean" -> beta * sum_k mean_b l; "sum" -> beta * sum |u - v|.
+    Teachers never receive gradient. Returns float32 (float64 only for float64 inputs, torch backend).
+    """
+    check_options(beta, eps, negative_slope, reduction, backend)
+    inputs = validate_inputs(students, teachers, weights, biases, allow_float64=True)
+    chosen = resolve_backend(backend, inputs.teachers[0].device)
+    if chosen == "triton":
+        reject_float64(inputs)
+    if chosen == "triton":
+        from .fused import fused_feed_terms
+
+        terms = fused_feed_terms(inputs, eps=eps, negative_slope=negative_slope)
+    else:
+        terms = feed_terms_reference(inputs, eps=eps, negative_slope=negative_slope)
+    return reduce_terms(terms, inputs.numels(), beta, reduction)

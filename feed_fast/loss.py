@@ -1,0 +1,79 @@
+"""FEEDLoss: K translators plus the fused FEED loss, as one module a training loop can own."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .functional import feed_loss
+from .translator import Translator
+
+
+class FEEDLossOutput(NamedTuple):
+    total: Tensor  # beta * sum_k mean_b l_kb, the term added to the cross-entropy
+    per_teacher: Tensor  # (K,) beta * mean_b l_kb, for logging
+
+
+class FEEDLoss(nn.Module):
+    """pFEED's feature loss: one translator per teacher, all fed the student's last feature map.
+
+    `forward(student_feature, teacher_features)` runs each translator's body eagerly and hands its last conv
+    (+ bias + LeakyReLU) to `feed_loss`, which fuses it with the normalisation and the L1 distance.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: Sequence[int],
+        *,
+        beta: float = 500.0,
+        width: Optional[int] = None,
+        final_kernel_size: int = 3,
+        batch_norm: bool = False,
+        final_activation: bool = True,
+        negative_slope: float = 0.1,
+        eps: float = 1e-12,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if len(teacher_channels) == 0:
+            raise ValueError("teacher_channels must name at least one teacher")
+        self.beta, self.eps, self.backend = beta, eps, backend
+        self.translators = nn.ModuleList(
+            Translator(
+                student_channels,
+                c,
+                width,
+                final_kernel_size=final_kernel_size,
+                batch_norm=batch_norm,
+                final_activation=final_activation,
+                negative_slope=negative_slope,
+            )
+            for c in teacher_channels
+        )
+
+    def forward(self, student_feature: Tensor, teacher_features: Sequence[Tensor]) -> FEEDLossOutput:
+        if isinstance(teacher_features, Tensor):
+            teacher_features = [teacher_features]
+        if len(teacher_features) != len(self.translators):
+            raise ValueError(
+                f"teacher_features has {len(teacher_features)} entries, expected {len(self.translators)} "
+                "(one per translator)"
+            )
+        slopes = {tr.head_slope for tr in self.translators}
+        (slope,) = slopes  # all translators share one configuration
+        heads = [tr.head for tr in self.translators]
+        terms = feed_loss(
+            [tr.forward_body(student_feature) for tr in self.translators],
+            list(teacher_features),
+            [h.weight for h in heads],
+            [h.bias for h in heads],
+            beta=self.beta,
+            eps=self.eps,
+            negative_slope=slope,
+            reduction="none",
+            backend=self.backend,
+        )
+        per_teacher = terms.mean(dim=1)
+        return FEEDLossOutput(per_teacher.sum(), per_teacher)

@@ -1,0 +1,1 @@
+"""Input pipelines (imported as `feed_fast.loaders`)."""

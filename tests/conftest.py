@@ -1,0 +1,20 @@
+"""Test-wide setup. Triton's interpreter must be chosen before triton is imported (the mode is fixed when
+@triton.jit decorates a kernel), so it is set here, before anything imports feed_fast. On a GPU machine run
+`TRITON_INTERPRET=0 pytest -m gpu` to test the compiled kernels."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; its CPU twin runs everywhere")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
