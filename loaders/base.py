@@ -1,0 +1,117 @@
+"""Epoch bookkeeping every loader shares: length, epoch counter, resume point, device and dtype.
+A backend only says how to turn one epoch's batches of sample indices into tensors."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from . import sampling
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def resolve_device(device: None | str | torch.device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUTPUT_DTYPES} (or None for float32), got {dtype}")
+    return dtype
+
+
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """Channels-last on CUDA, where cuDNN's NHWC kernels (tensor cores) want it; plain NCHW on the CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+class EpochLoader:
+    """Iterable of (images, labels) batches over one shard of a dataset.
+
+    Epochs: `set_epoch(e)` picks the epoch the next iteration runs (its order is seeded with seed + e);
+    without it, every new iteration runs the epoch after the previous one, starting at 0.
+    Resume: `iter_from(epoch, start_batch)` runs `epoch` from batch `start_batch` on, with exactly the
+    order an uninterrupted run would have had; the iteration after it runs epoch + 1.
+    """
+
+    def __init__(self, *, split: str, batch_size: int, image_size: int, num_classes: int, device, dtype,
+                 seed: int, shard_id: int, num_shards: int, drop_last: bool | None):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val' ('test' maps to 'val'), got {split!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        sampling.check_sharding(shard_id, num_shards)
+        self.split = split
+        self.train = split == "train"
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.memory_format = memory_format_for(self.device)
+        self.seed = seed
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        # Training may drop the short last batch; validation must see every sample.
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.epoch = 0  # the epoch the latest iteration ran (or runs)
+        self._next_epoch = 0
+
+    # --- what a backend provides -------------------------------------------------------------
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the whole dataset (all shards)."""
+        raise NotImplementedError
+
+    def _batches(self, batch_indices: Iterator[torch.Tensor], epoch: int, first_batch: int) -> Iterator[Batch]:
+        """Turn this shard's batches of dataset indices (batch number `first_batch` first) into tensors."""
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Samples this shard sees per epoch."""
+        return sampling.shard_size(self.dataset_size, shard_id=self.shard_id, num_shards=self.num_shards,
+                                   equal_shards=self.train)
+
+    def __len__(self) -> int:
+        return sampling.num_batches(self.num_samples, self.batch_size, drop_last=self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = int(epoch)
+
+    def shard_indices(self, epoch: int) -> torch.Tensor:
+        """This shard's dataset indices for `epoch`, in the order they are served."""
+        order = sampling.epoch_order(self.dataset_size, seed=self.seed, epoch=epoch, shuffle=self.train)
+        return sampling.shard_order(order, shard_id=self.shard_id, num_shards=self.num_shards,
+                                    equal_shards=self.train)
+
+    def iter_from(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, len(loader)={len(self)}], got {start_batch}")
+        self.epoch = int(epoch)
+        self._next_epoch = self.epoch + 1
+        indices = self.shard_indices(self.epoch)
+        slices = sampling.batch_slices(len(indices), self.batch_size, drop_last=self.drop_last,
+                                       start_batch=start_batch)
+        return self._batches((indices[start:stop] for start, stop in slices), self.epoch, start_batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_from(self._next_epoch, 0)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(split={self.split!r}, batches={len(self)}, batch_size={self.batch_size}, "
+                f"samples={self.num_samples}, classes={self.num_classes}, image_size={self.image_size}, "
+                f"device={self.device}, dtype={self.dtype}, shard={self.shard_id}/{self.num_shards})")

@@ -1,0 +1,63 @@
+"""`build_loader`: the one entry point the trainer calls; it checks the arguments and picks the loader."""
+from __future__ import annotations
+
+import torch
+
+from .base import EpochLoader
+
+DATASETS = ("imagefolder", "cifar100", "cifar10", "synthetic")
+BACKENDS = ("auto", "dali", "torchvision")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefolder", backend: str = "auto",
+                 image_size: int = 224, device: None | str | torch.device = None, num_threads: int = 2,
+                 seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool | None = None,
+                 dtype: torch.dtype | None = None, skip_corrupt: bool = False, download: bool = False,
+                 num_classes: int | None = None) -> EpochLoader:
+    """An iterable with len() of (images (B, 3, H, W) normalized float, labels int64) on `device`
+    (default: CUDA if available, else CPU), channels-last on CUDA. See the README's "Input pipelines".
+
+    split: "train" (shuffled each epoch, augmented, short last batch dropped unless drop_last=False) or
+    "val" ("test" is the same; fixed order, every sample exactly once across shards).
+    backend applies to imagefolder only: "auto" takes DALI when it is installed, else torchvision.
+    num_classes applies to synthetic only (default 1000); the other datasets know their classes.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    split = "val" if split == "test" else split
+    common = {"image_size": image_size, "device": device, "dtype": dtype, "seed": seed, "shard_id": shard_id,
+                  "num_shards": num_shards, "drop_last": drop_last}
+    if dataset != "synthetic" and num_classes is not None:
+        raise ValueError(f"num_classes is only for dataset='synthetic'; {dataset!r} reads its classes from the data")
+    if dataset == "synthetic":
+        from .synthetic import SyntheticLoader
+
+        return SyntheticLoader(split, batch_size, num_classes=num_classes, **common)
+    if dataset in ("cifar100", "cifar10"):
+        from .cifar import CifarLoader
+
+        return CifarLoader(root, split, batch_size, dataset=dataset, download=download, **common)
+    if backend == "auto":
+        backend = "dali" if dali_available() else "torchvision"
+    if backend == "dali":
+        if not dali_available():
+            raise ImportError("backend='dali' needs NVIDIA DALI: pip install 'feed-fast[dali]' "
+                              "(or nvidia-dali-cuda120 for CUDA 12); backend='torchvision' works without it")
+        from .dali_backend import DaliImageFolderLoader
+
+        return DaliImageFolderLoader(root, split, batch_size, num_threads=num_threads,
+                                     skip_corrupt=skip_corrupt, **common)
+    from .torchvision_backend import TorchvisionImageFolderLoader
+
+    return TorchvisionImageFolderLoader(root, split, batch_size, num_threads=num_threads,
+                                        skip_corrupt=skip_corrupt, **common)

@@ -1,0 +1,53 @@
+"""`synthetic`: an ImageNet-shaped dataset generated on the device, for benchmarks and tests.
+
+Each sample has a fixed label; its image is that class's coarse 4x4 colour pattern, upsampled, plus
+fresh Gaussian noise each time it is served. So the data costs no I/O, yet a model can learn it
+(a loss that falls is a real signal in trainer tests), and labels are stable across epochs."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import sampling
+from .base import Batch, EpochLoader
+
+SYNTHETIC_BATCHES = 10  # default epoch length, in batches per shard
+SYNTHETIC_NUM_CLASSES = 1000  # ImageNet-like
+NOISE_STD = 0.5
+
+
+class SyntheticLoader(EpochLoader):
+    """`num_samples_total` defaults to SYNTHETIC_BATCHES full batches for every shard."""
+
+    def __init__(self, split: str, batch_size: int, *, num_classes: int | None = None,
+                 num_samples_total: int | None = None, **common):
+        num_classes = SYNTHETIC_NUM_CLASSES if num_classes is None else int(num_classes)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        super().__init__(split=split, batch_size=batch_size, num_classes=num_classes, **common)
+        if num_samples_total is None:
+            num_samples_total = SYNTHETIC_BATCHES * batch_size * self.num_shards
+        if num_samples_total < 1:
+            raise ValueError(f"num_samples_total must be >= 1, got {num_samples_total}")
+        self._size = int(num_samples_total)
+        # Fixed per-dataset tables (not per epoch): each sample's label and each class's pattern.
+        table_generator = torch.Generator().manual_seed(self.seed)
+        self._labels = torch.randint(num_classes, (self._size,), generator=table_generator).to(self.device)
+        self._patterns = torch.randn(num_classes, 3, 4, 4, generator=table_generator).to(self.device)
+        self._noise_generator = torch.Generator(self.device)
+
+    @property
+    def dataset_size(self) -> int:
+        return self._size
+
+    def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
+        size = self.image_size
+        for batch, indices in enumerate(batch_indices, start=first_batch):
+            labels = self._labels[indices.to(self.device)]
+            self._noise_generator.manual_seed(sampling.batch_seed(self.seed, epoch, batch, self.shard_id))
+            images = F.interpolate(self._patterns[labels], size=(size, size), mode="nearest")
+            noise = torch.randn(images.shape, generator=self._noise_generator, device=self.device)
+            images = (images + NOISE_STD * noise).to(self.dtype).contiguous(memory_format=self.memory_format)
+            yield images, labels
