@@ -1,0 +1,101 @@
+"""`feed-fast demo`: the end-to-end distillation demo on scikit-learn's digits (what `make demo` runs)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .settings import DemoSettings
+
+DEFAULTS = DemoSettings()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="distill scikit-learn's digits end to end (3 teachers, a baseline and a pFEED student)",
+        description=(
+            "Turns scikit-learn's bundled digits into an ImageFolder of 32x32 JPEGs (once, cached), trains "
+            f"{DEFAULTS.num_teachers} teachers, a CE-only baseline student and a pFEED student through the "
+            "feed-fast engine, prints a table and writes a plot and a markdown report into the run folder."
+        ),
+    )
+    parser.add_argument("--seeds", type=_positive_int, default=DEFAULTS.seeds,
+                        help="repeat the two students over this many seeds and report mean and spread "
+                             f"(default {DEFAULTS.seeds})")
+    parser.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
+                        help=f"epochs of each student (and of the teachers unless --teacher-epochs; "
+                             f"default {DEFAULTS.epochs})")
+    parser.add_argument("--teacher-epochs", type=_positive_int, default=None,
+                        help="epochs of each teacher (default: --epochs)")
+    parser.add_argument("--teachers", type=_positive_int, default=DEFAULTS.num_teachers, dest="num_teachers",
+                        help=f"number of teachers (default {DEFAULTS.num_teachers})")
+    parser.add_argument("--teacher-model", default=DEFAULTS.teacher_model,
+                        help=f"teachers' architecture (default {DEFAULTS.teacher_model})")
+    parser.add_argument("--student-model", default=DEFAULTS.student_model,
+                        help=f"students' architecture (default {DEFAULTS.student_model})")
+    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
+                        help=f"default {DEFAULTS.batch_size}")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"default {DEFAULTS.lr}")
+    parser.add_argument("--beta", type=float, default=DEFAULTS.beta,
+                        help=f"weight of the FEED term (default {DEFAULTS.beta})")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.first_seed, dest="first_seed",
+                        help=f"seed of the first student run (default {DEFAULTS.first_seed})")
+    parser.add_argument("--device", default=DEFAULTS.device,
+                        help="cuda, cuda:N, cpu or auto (default auto: the GPU when there is one)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folder (default runs/demo-<date>-<time> in the current directory)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="where the digits ImageFolder is built once and reused "
+                             "(default $FEED_FAST_CACHE, else ~/.cache/feed-fast)")
+    parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="override an engine config key for every run (repeatable)")
+    parser.set_defaults(func=run_command)
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    return DemoSettings(
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        num_teachers=args.num_teachers,
+        teacher_model=args.teacher_model,
+        student_model=args.student_model,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        beta=args.beta,
+        device=args.device,
+        out=args.out,
+        cache=args.cache,
+        extra=dict(args.set),
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .runner import run_demo
+
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"feed-fast demo: {error}", file=sys.stderr)
+        return 2
+    outcome = run_demo(settings)
+    return 0 if outcome.results else 1

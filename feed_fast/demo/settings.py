@@ -1,0 +1,80 @@
+"""The demo's knobs, with defaults sized to finish within about 5 minutes on 2 CPU cores."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo run depends on. `epochs` is the same for both students (and the teachers unless
+    `teacher_epochs` is given); student seed s is `first_seed + s` for s in range(`seeds`)."""
+
+    epochs: int = 8
+    teacher_epochs: int | None = None
+    seeds: int = 1
+    first_seed: int = 0
+    num_teachers: int = 3
+    teacher_model: str = "resnet20"
+    student_model: str = "resnet8"
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    beta: float = 500.0
+    image_size: int = 32
+    val_fraction: float = 0.2
+    data_seed: int = 0
+    device: str = "auto"
+    out: Path | None = None
+    cache: Path | None = None
+    extra: dict = field(default_factory=dict)  # engine config overrides (dotted keys), applied to every run
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "seeds", "num_teachers", "batch_size", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
+            raise ValueError(f"teacher_epochs must be a positive integer, got {self.teacher_epochs!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if self.out is not None:
+            self.out = Path(self.out)
+        if self.cache is not None:
+            self.cache = Path(self.cache)
+
+    @property
+    def epochs_for_teachers(self) -> int:
+        return self.teacher_epochs if self.teacher_epochs is not None else self.epochs
+
+    @property
+    def student_seeds(self) -> list[int]:
+        return [self.first_seed + s for s in range(self.seeds)]
+
+    @property
+    def teacher_seeds(self) -> list[int]:
+        # Kept apart from the students' seeds so a teacher never shares an initialisation stream with them.
+        return [self.first_seed + 100 + k for k in range(self.num_teachers)]
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run_folder(self) -> Path:
+        if self.out is not None:
+            return self.out
+        return Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["out"] = str(self.out) if self.out is not None else None
+        data["cache"] = str(self.cache) if self.cache is not None else None
+        return data
