@@ -1,0 +1,730 @@
+"""The public FEED loss API (`feed_loss`, `Translator`, `FEEDLoss`) on its torch backend.
+
+Expected values come from `expected_terms` below: the FEED math written out again in float64 with explicit
+loops and einsum, independent of feed_fast.reference. The fused kernels are tested in test_fused_kernels.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import feed_fast
+from feed_fast import FEEDLoss, Translator, feed_loss
+
+# One teacher per tuple: (student channels, teacher channels, height, width, head) where head is
+# None (no weights: the student map itself is compared), "2d" (a 1x1 conv given as a 2-D weight) or 1 / 3.
+CONFIGS = {
+    "k1_no_weights": [(3, 3, 5, 4, None)],
+    "k1_2d_weight": [(4, 5, 3, 3, "2d")],
+    "k2_kernels_3_1": [(4, 6, 5, 5, 3), (6, 3, 2, 7, 1)],
+    "k3_mixed": [(5, 2, 3, 3, 3), (3, 7, 4, 6, 1), (2, 4, 1, 1, 3)],
+}
+BATCH = 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# The independent float64 formula
+# ----------------------------------------------------------------------------------------------------
+def conv_same(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Stride-1 'same' convolution as a sum over kernel offsets of channel contractions."""
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    size = weight.shape[-1]
+    pad = size // 2
+    batch, channels, height, width = x.shape
+    padded = x.new_zeros(batch, channels, height + 2 * pad, width + 2 * pad)
+    padded[:, :, pad : pad + height, pad : pad + width] = x
+    out = 0
+    for i in range(size):
+        for j in range(size):
+            window = padded[:, :, i : i + height, j : j + width]
+            out = out + torch.einsum("oc,bchw->bohw", weight[:, :, i, j], window)
+    return out
+
+
+def expected_terms(students, teachers, weights=None, biases=None, *, slope=None, eps=1e-12):
+    """(K, B) float64 of mean_i |u_i - v_i| per teacher and sample (differentiable for non-zero maps)."""
+    num = len(teachers)
+    weights = weights if weights is not None else [None] * num
+    biases = biases if biases is not None else [None] * num
+    rows = []
+    for s, t, w, b in zip(students, teachers, weights, biases):
+        y = s.double()
+        if w is not None:
+            y = conv_same(y, w.double())
+        if b is not None:
+            y = y + b.double()[None, :, None, None]
+        if slope is not None:
+            y = torch.where(y >= 0, y, slope * y)
+        y_flat = y.reshape(y.shape[0], -1)
+        t_flat = t.detach().double().reshape(t.shape[0], -1)
+        u = y_flat / torch.clamp(y_flat.pow(2).sum(1).sqrt(), min=eps)[:, None]
+        v = t_flat / torch.clamp(t_flat.pow(2).sum(1).sqrt(), min=eps)[:, None]
+        rows.append((u - v).abs().sum(1) / y_flat.shape[1])
+    return torch.stack(rows)
+
+
+def expected_loss(terms: torch.Tensor, teachers, beta: float, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return beta * terms
+    if reduction == "mean":
+        return beta * terms.mean(1).sum()
+    numels = torch.tensor([t[0].numel() for t in teachers], dtype=terms.dtype)
+    return beta * (terms * numels[:, None]).sum()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------
+def make_inputs(config, *, bias=True, dtype=torch.float32, seed=0, batch=BATCH):
+    """Random students, teachers, weights, biases (all leaves) for a CONFIGS entry."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    students, teachers, weights, biases = [], [], [], []
+    for c_in, c_t, h, w, head in config:
+        students.append(rand(batch, c_in, h, w).requires_grad_())
+        teachers.append(rand(batch, c_t, h, w))
+        if head is None:
+            weights.append(None)
+        elif head == "2d":
+            weights.append((rand(c_t, c_in) / math.sqrt(c_in)).requires_grad_())
+        else:
+            weights.append((rand(c_t, c_in, head, head) / math.sqrt(c_in * head * head)).requires_grad_())
+        biases.append((0.1 * rand(c_t)).requires_grad_() if bias else None)
+    if all(w is None for w in weights):
+        weights = None
+    if not bias:
+        biases = None
+    return students, teachers, weights, biases
+
+
+def leaves(students, weights, biases):
+    return [x for x in [*students, *(weights or []), *(biases or [])] if x is not None]
+
+
+def grads_of(loss, tensors):
+    total = loss.sum()
+    return torch.autograd.grad(total, tensors, allow_unused=False)
+
+
+def assert_matches_formula(students, teachers, weights, biases, *, slope, reduction, beta, rtol, atol):
+    got = feed_loss(
+        students,
+        teachers,
+        weights,
+        biases,
+        beta=beta,
+        negative_slope=slope,
+        reduction=reduction,
+        backend="torch",
+    )
+    terms = expected_terms(students, teachers, weights, biases, slope=slope)
+    want = expected_loss(terms, teachers, beta, reduction)
+    assert got.dtype == torch.float32
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
+
+    params = leaves(students, weights, biases)
+    got_grads = grads_of(got, params)
+    want_grads = grads_of(want, params)
+    for x, g, w in zip(params, got_grads, want_grads):
+        assert g.dtype == x.dtype and g.shape == x.shape
+        scale = w.abs().max().item() + 1e-30
+        torch.testing.assert_close(g.double(), w.double(), rtol=rtol, atol=atol * scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Values and gradients against the formula
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("slope", [None, 0.1])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_torch_backend_matches_formula(config, bias, slope, reduction):
+    students, teachers, weights, biases = make_inputs(CONFIGS[config], bias=bias, seed=len(config))
+    assert_matches_formula(
+        students, teachers, weights, biases, slope=slope, reduction=reduction, beta=2.5, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_defaults_are_beta_one_and_mean_reduction():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    got = feed_loss(students, teachers, weights, biases)
+    want = expected_loss(expected_terms(students, teachers, weights, biases), teachers, 1.0, "mean")
+    assert got.dim() == 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_reduction_none_has_one_row_per_teacher_and_one_column_per_sample():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k3_mixed"], batch=4)
+    out = feed_loss(students, teachers, weights, biases, reduction="none", backend="torch")
+    assert out.shape == (3, 4)
+    mean = feed_loss(students, teachers, weights, biases, reduction="mean", backend="torch")
+    torch.testing.assert_close(out.mean(1).sum(), mean)
+
+
+def test_single_tensors_mean_one_teacher():
+    (s,), (t,), (w,), (b,) = make_inputs([(4, 3, 3, 5, 3)])
+    single = feed_loss(s, t, w, b, reduction="none", backend="torch")
+    listed = feed_loss([s], [t], [w], [b], reduction="none", backend="torch")
+    tupled = feed_loss((s,), (t,), (w,), (b,), reduction="none", backend="torch")
+    assert single.shape == (1, BATCH)
+    torch.testing.assert_close(single, listed)
+    torch.testing.assert_close(single, tupled)
+
+
+def test_two_dimensional_weight_equals_its_1x1_conv():
+    (s,), (t,), (w,), (b,) = make_inputs(CONFIGS["k1_2d_weight"])
+    flat = feed_loss(s, t, w, b, negative_slope=0.1, reduction="none", backend="torch")
+    conv = feed_loss(s, t, w[:, :, None, None], b, negative_slope=0.1, reduction="none", backend="torch")
+    torch.testing.assert_close(flat, conv)
+
+
+def test_auto_backend_on_cpu_is_the_torch_backend():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    auto = feed_loss(
+        students, teachers, weights, biases, negative_slope=0.1, reduction="none", backend="auto"
+    )
+    torch_out = feed_loss(
+        students, teachers, weights, biases, negative_slope=0.1, reduction="none", backend="torch"
+    )
+    assert torch.equal(auto, torch_out)
+
+
+def test_gradcheck_torch_backend_in_float64():
+    students, teachers, weights, biases = make_inputs(
+        [(3, 2, 3, 3, 3), (2, 3, 2, 3, 1)], dtype=torch.float64, batch=2, seed=3
+    )
+    num = len(teachers)
+
+    def loss_of(*tensors):
+        s, w, b = tensors[:num], tensors[num : 2 * num], tensors[2 * num :]
+        return feed_loss(
+            list(s),
+            teachers,
+            list(w),
+            list(b),
+            beta=3.0,
+            negative_slope=0.1,
+            reduction="none",
+            backend="torch",
+        )
+
+    inputs = (*students, *weights, *biases)
+    assert torch.autograd.gradcheck(loss_of, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Degenerate maps
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_zero_maps_give_finite_loss_and_gradients(slope):
+    """Sample 0: teacher all zero. Sample 1: student (so y) all zero. Sample 2: both zero (term 0)."""
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"], bias=False)
+    with torch.no_grad():
+        for s, t in zip(students, teachers):
+            t[0].zero_()
+            s[1].zero_()
+            t[2].zero_()
+            s[2].zero_()
+    out = feed_loss(
+        students, teachers, weights, biases, negative_slope=slope, reduction="none", backend="torch"
+    )
+    want = expected_terms(students, teachers, weights, biases, slope=slope)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-7)
+    assert (out[:, 2] == 0).all()
+    # With one map zero the distance is mean |other map normalized|: positive, not zero.
+    assert (out[:, :2] > 0).all()
+    for g in grads_of(out, leaves(students, weights, biases)):
+        assert torch.isfinite(g).all()
+
+
+def test_identical_maps_give_zero_loss_and_zero_gradient():
+    students, _teachers, weights, biases = make_inputs(CONFIGS["k3_mixed"])
+    teacher_like = []
+    with torch.no_grad():
+        terms_y = []
+        for s, w, b in zip(students, weights, biases):
+            y = conv_same(s.double(), w.double()) + b.double()[None, :, None, None]
+            terms_y.append(y)
+        # A positive rescale changes nothing after normalization.
+        teacher_like = [(2.5 * y).float() for y in terms_y]
+    out = feed_loss(students, teacher_like, weights, biases, beta=500.0, reduction="none", backend="torch")
+    assert out.abs().max().item() < 1e-3  # beta 500 times float32 rounding of unit-norm maps
+    same = feed_loss([students[0]], [students[0].detach().clone()], backend="torch")
+    assert same.item() == 0.0
+    (g,) = torch.autograd.grad(same, [students[0]])
+    assert torch.isfinite(g).all() and g.abs().max().item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory formats, dtypes, teacher gradients
+# ----------------------------------------------------------------------------------------------------
+def test_channels_last_inputs_give_the_same_loss_and_gradients():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    cl_students = [s.detach().to(memory_format=torch.channels_last).requires_grad_() for s in students]
+    cl_teachers = [t.to(memory_format=torch.channels_last) for t in teachers]
+    assert not cl_students[0].is_contiguous()
+    kwargs = {"negative_slope": 0.1, "reduction": "none", "backend": "torch"}
+    base = feed_loss(students, teachers, weights, biases, **kwargs)
+    cl = feed_loss(cl_students, cl_teachers, weights, biases, **kwargs)
+    torch.testing.assert_close(cl, base, rtol=1e-5, atol=1e-7)
+    base_grads = grads_of(base, students)
+    cl_grads = grads_of(cl, cl_students)
+    for g_cl, g in zip(cl_grads, base_grads):
+        torch.testing.assert_close(g_cl, g, rtol=1e-5, atol=1e-7)
+    assert_matches_formula(
+        cl_students, cl_teachers, weights, biases, slope=0.1, reduction="mean", beta=1.0, rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_return_float32(low):
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"], dtype=low)
+    out = feed_loss(students, teachers, weights, biases, negative_slope=0.1, backend="torch")
+    assert out.dtype == torch.float32
+    # Arithmetic is float32 on the exact low-precision values: the float64 formula on them agrees closely.
+    want = expected_loss(
+        expected_terms(students, teachers, weights, biases, slope=0.1), teachers, 1.0, "mean"
+    )
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
+    for x, g in zip(leaves(students, weights, biases), grads_of(out, leaves(students, weights, biases))):
+        assert g.dtype == low and torch.isfinite(g.float()).all()
+
+
+def test_mixed_dtypes_between_arguments():
+    """bf16 features, fp16 teachers, fp32 weights (the AMP case): float32 out, matches the formula."""
+    students, teachers, weights, biases = make_inputs(CONFIGS["k3_mixed"])
+    students = [s.detach().bfloat16().requires_grad_() for s in students]
+    teachers = [t.half() for t in teachers]
+    assert_matches_formula(
+        students, teachers, weights, biases, slope=0.1, reduction="mean", beta=1.0, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_teachers_requiring_grad_get_no_gradient():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    leaf_teacher = teachers[0].clone().requires_grad_()
+    producer = nn.Conv2d(2, teachers[1].shape[1], 1)
+    teacher_from_module = producer(torch.randn(BATCH, 2, *teachers[1].shape[2:]))
+    assert teacher_from_module.requires_grad
+    out = feed_loss(students, [leaf_teacher, teacher_from_module], weights, biases, backend="torch")
+    out.backward()
+    assert leaf_teacher.grad is None
+    assert producer.weight.grad is None and producer.bias.grad is None
+    assert all(s.grad is not None for s in students)
+
+
+# ----------------------------------------------------------------------------------------------------
+# NaN / Inf: never a finite wrong number
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("argument", ["students", "teachers", "weights", "biases"])
+def test_nan_or_inf_in_any_input_gives_a_non_finite_loss(argument, bad, reduction):
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    inputs = {"students": students, "teachers": teachers, "weights": weights, "biases": biases}
+    with torch.no_grad():
+        target = inputs[argument][1]
+        target.view(-1)[target.numel() // 2] = bad
+    out = feed_loss(
+        students, teachers, weights, biases, negative_slope=0.1, reduction=reduction, backend="torch"
+    )
+    if reduction == "none":
+        assert torch.isfinite(out[0]).all(), "teacher 0 is clean and must keep its finite terms"
+        assert not torch.isfinite(out[1]).all()
+    else:
+        assert not torch.isfinite(out).item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation errors: each names the argument and the teacher index
+# ----------------------------------------------------------------------------------------------------
+def valid_args():
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    return {"students": students, "teachers": teachers, "weights": weights, "biases": biases}
+
+
+def replace(args, name, k, value):
+    args[name] = list(args[name])
+    args[name][k] = value
+    return args
+
+
+def _k_mismatch(name):
+    def build(a):
+        a[name] = a[name][:1]
+        return a
+
+    return build
+
+
+ERROR_CASES = {
+    # name: (mutation of valid K=2 args, extra kwargs, exception, pattern that must be in the message)
+    "students_fewer_than_teachers": (
+        _k_mismatch("students"),
+        {},
+        ValueError,
+        r"students has 1 entries but teachers has 2",
+    ),
+    "weights_fewer_than_teachers": (
+        _k_mismatch("weights"),
+        {},
+        ValueError,
+        r"weights has 1 entries but teachers has 2",
+    ),
+    "biases_fewer_than_teachers": (
+        _k_mismatch("biases"),
+        {},
+        ValueError,
+        r"biases has 1 entries but teachers has 2",
+    ),
+    "teachers_fewer_than_students": (
+        _k_mismatch("teachers"),
+        {},
+        ValueError,
+        r"students has 2 entries but teachers has 1",
+    ),
+    "empty_teacher_list": (
+        lambda a: {**a, "teachers": [], "students": [], "weights": None, "biases": None},
+        {},
+        ValueError,
+        r"teachers must hold at least one tensor",
+    ),
+    "teacher_batch_mismatch": (
+        lambda a: replace(a, "teachers", 1, a["teachers"][1][:2]),
+        {},
+        ValueError,
+        r"teachers\[1\] has batch size 2, expected 3",
+    ),
+    "student_batch_mismatch": (
+        lambda a: replace(a, "students", 1, a["students"][1][:2]),
+        {},
+        ValueError,
+        r"students\[1\] has batch size 2, expected 3",
+    ),
+    "spatial_mismatch": (
+        lambda a: replace(a, "students", 1, torch.randn(3, 6, 2, 6)),
+        {},
+        ValueError,
+        r"students\[1\] has spatial size \(2, 6\), expected \(2, 7\)",
+    ),
+    "channels_without_weights": (
+        lambda a: {**a, "students": [torch.randn(3, 6, 5, 5), torch.randn(3, 5, 2, 7)], "weights": None},
+        {},
+        ValueError,
+        r"students\[1\] has 5 channels but teachers\[1\] has 3",
+    ),
+    "weight_channel_mismatch": (
+        lambda a: replace(a, "weights", 1, torch.randn(3, 4, 1, 1)),
+        {},
+        ValueError,
+        r"weights\[1\] has shape \(3, 4, 1, 1\), expected \(3, 6, 1, 1\)",
+    ),
+    "weight_out_channel_mismatch": (
+        lambda a: replace(a, "weights", 0, torch.randn(5, 4, 3, 3)),
+        {},
+        ValueError,
+        r"weights\[0\] has shape \(5, 4, 3, 3\), expected \(6, 4, 3, 3\)",
+    ),
+    "kernel_size_5": (
+        lambda a: replace(a, "weights", 1, torch.randn(3, 6, 5, 5)),
+        {},
+        ValueError,
+        r"weights\[1\] must be \(3, 6, k, k\) with k in \(1, 3\).*got shape \(3, 6, 5, 5\)",
+    ),
+    "kernel_not_square": (
+        lambda a: replace(a, "weights", 1, torch.randn(3, 6, 1, 3)),
+        {},
+        ValueError,
+        r"weights\[1\] must be .*got shape \(3, 6, 1, 3\)",
+    ),
+    "weight_3d": (
+        lambda a: replace(a, "weights", 0, torch.randn(6, 4, 3)),
+        {},
+        ValueError,
+        r"weights\[0\] must be .*got shape \(6, 4, 3\)",
+    ),
+    "bias_wrong_length": (
+        lambda a: replace(a, "biases", 1, torch.randn(4)),
+        {},
+        ValueError,
+        r"biases\[1\] has shape \(4\), expected \(3,\)",
+    ),
+    "bias_2d": (
+        lambda a: replace(a, "biases", 0, torch.randn(6, 1)),
+        {},
+        ValueError,
+        r"biases\[0\] has shape \(6, 1\), expected \(6,\)",
+    ),
+    "teacher_3d": (
+        lambda a: replace(a, "teachers", 1, torch.randn(3, 2, 7)),
+        {},
+        ValueError,
+        r"teachers\[1\] must be 4-D \(B, C, H, W\), got shape \(3, 2, 7\)",
+    ),
+    "student_3d": (
+        lambda a: replace(a, "students", 1, torch.randn(3, 6, 14)),
+        {},
+        ValueError,
+        r"students\[1\] must be 4-D",
+    ),
+    "empty_batch": (
+        lambda a: {
+            "students": [s[:0] for s in a["students"]],
+            "teachers": [t[:0] for t in a["teachers"]],
+            "weights": a["weights"],
+            "biases": a["biases"],
+        },
+        {},
+        ValueError,
+        r"teachers\[0\] has batch size 0",
+    ),
+    "unknown_reduction": (lambda a: a, {"reduction": "avg"}, ValueError, r"reduction must be one of .*'avg'"),
+    "unknown_backend": (lambda a: a, {"backend": "cuda"}, ValueError, r"backend must be one of .*'cuda'"),
+    "eps_zero": (lambda a: a, {"eps": 0.0}, ValueError, r"eps must be > 0, got 0.0"),
+    "eps_negative": (lambda a: a, {"eps": -1e-12}, ValueError, r"eps must be > 0"),
+    "eps_nan": (lambda a: a, {"eps": float("nan")}, ValueError, r"eps must be > 0"),
+    "teachers_none": (
+        lambda a: {**a, "teachers": None},
+        {},
+        TypeError,
+        r"teachers must be a Tensor or a list",
+    ),
+    "students_not_tensor": (
+        lambda a: {**a, "students": 3.0},
+        {},
+        TypeError,
+        r"students must be a Tensor or a list/tuple of Tensors, got float",
+    ),
+    "student_entry_not_tensor": (
+        lambda a: replace(a, "students", 1, [[1.0]]),
+        {},
+        TypeError,
+        r"students\[1\] must be a torch.Tensor, got list",
+    ),
+    "weight_entry_not_tensor": (
+        lambda a: replace(a, "weights", 1, "w"),
+        {},
+        TypeError,
+        r"weights\[1\] must be a torch.Tensor, got str",
+    ),
+    "teacher_integer_dtype": (
+        lambda a: replace(a, "teachers", 1, a["teachers"][1].long()),
+        {},
+        TypeError,
+        r"teachers\[1\] has dtype torch.int64; expected one of float32",
+    ),
+    "bias_integer_dtype": (
+        lambda a: replace(a, "biases", 1, torch.zeros(3, dtype=torch.int32)),
+        {},
+        TypeError,
+        r"biases\[1\] has dtype torch.int32",
+    ),
+    "beta_string": (lambda a: a, {"beta": "500"}, TypeError, r"beta must be a real number, got str"),
+    "beta_bool": (lambda a: a, {"beta": True}, TypeError, r"beta must be a real number, got bool"),
+    "slope_string": (
+        lambda a: a,
+        {"negative_slope": "0.1"},
+        TypeError,
+        r"negative_slope must be None or a real",
+    ),
+    "student_on_other_device": (
+        lambda a: replace(a, "students", 1, a["students"][1].detach().to("meta")),
+        {},
+        ValueError,
+        r"students\[1\] is on meta, expected cpu \(as teachers\[0\]\)",
+    ),
+    "teacher_on_other_device": (
+        lambda a: replace(a, "teachers", 1, a["teachers"][1].to("meta")),
+        {},
+        ValueError,
+        r"teachers\[1\] is on meta, expected cpu",
+    ),
+    "weight_on_other_device": (
+        lambda a: replace(a, "weights", 1, a["weights"][1].detach().to("meta")),
+        {},
+        ValueError,
+        r"weights\[1\] is on meta, expected cpu",
+    ),
+    "bias_on_other_device": (
+        lambda a: replace(a, "biases", 0, a["biases"][0].detach().to("meta")),
+        {},
+        ValueError,
+        r"biases\[0\] is on meta, expected cpu",
+    ),
+    "float64_student_on_triton": (
+        lambda a: replace(a, "students", 1, a["students"][1].detach().double()),
+        {"backend": "triton"},
+        TypeError,
+        r"students\[1\] is float64; backend='triton' takes float32",
+    ),
+    "float64_teacher_on_triton": (
+        lambda a: replace(a, "teachers", 0, a["teachers"][0].double()),
+        {"backend": "triton"},
+        TypeError,
+        r"teachers\[0\] is float64",
+    ),
+    "float64_weight_on_triton": (
+        lambda a: replace(a, "weights", 1, a["weights"][1].detach().double()),
+        {"backend": "triton"},
+        TypeError,
+        r"weights\[1\] is float64",
+    ),
+    "float64_bias_on_triton": (
+        lambda a: replace(a, "biases", 1, a["biases"][1].detach().double()),
+        {"backend": "triton"},
+        TypeError,
+        r"biases\[1\] is float64",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_input_raises_a_clear_error(case):
+    mutate, kwargs, error, pattern = ERROR_CASES[case]
+    args = mutate(valid_args())
+    with pytest.raises(error, match=pattern):
+        feed_loss(args["students"], args["teachers"], args["weights"], args["biases"], **kwargs)
+
+
+def test_triton_backend_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    args = valid_args()
+    with pytest.raises(ValueError, match=re.escape("backend='triton' needs CUDA tensors (got cpu)")):
+        feed_loss(args["students"], args["teachers"], args["weights"], args["biases"], backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Translator
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("final_kernel_size", [1, 3])
+def test_translator_maps_student_to_teacher_channels(final_kernel_size):
+    translator = Translator(4, 7, 5, final_kernel_size=final_kernel_size)
+    x = torch.randn(2, 4, 6, 3)
+    assert translator(x).shape == (2, 7, 6, 3)
+    assert translator.forward_body(x).shape == (2, 5, 6, 3)
+    assert translator.head.kernel_size == (final_kernel_size, final_kernel_size)
+    assert translator.head.padding == (final_kernel_size // 2, final_kernel_size // 2)
+
+
+def test_translator_defaults_follow_ft():
+    translator = Translator(6, 9)
+    convs = [m for m in translator.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(6, 6), (6, 6), (6, 9)]
+    assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.bias is not None for c in convs)
+    acts = [m for m in translator.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(acts) == 2 and all(a.negative_slope == 0.1 for a in acts)
+    assert translator.head_slope == 0.1
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in translator.modules())
+
+
+def test_translator_forward_is_body_head_then_leaky_relu():
+    translator = Translator(3, 4, negative_slope=0.2)
+    x = torch.randn(2, 3, 4, 4)
+    want = nn.functional.leaky_relu(translator.head(translator.forward_body(x)), 0.2)
+    torch.testing.assert_close(translator(x), want)
+    assert (translator(x) < 0).any()  # the slope lets negatives through, scaled
+
+
+def test_translator_options_batch_norm_and_no_final_activation():
+    translator = Translator(3, 4, 8, batch_norm=True, final_activation=False)
+    norms = [m for m in translator.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [3, 8]
+    body_convs = [m for m in translator.body if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in body_convs)  # BatchNorm's shift makes a conv bias redundant
+    assert translator.head.bias is not None
+    assert translator.head_slope is None
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(translator(x), translator.head(translator.forward_body(x)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (
+            {"in_channels": 3, "out_channels": 4, "final_kernel_size": 5},
+            r"final_kernel_size must be 1 or 3, got 5",
+        ),
+        ({"in_channels": 0, "out_channels": 4}, r"in_channels must be a positive int, got 0"),
+        ({"in_channels": 3, "out_channels": 2.0}, r"out_channels must be a positive int, got 2.0"),
+    ],
+)
+def test_translator_rejects_bad_configuration(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Translator(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FEEDLoss
+# ----------------------------------------------------------------------------------------------------
+def full_translator_loss(module: FEEDLoss, student_feature, teacher_features):
+    """The unfused path: run every translator completely, then the formula with no head conv."""
+    outputs = [tr(student_feature) for tr in module.translators]
+    terms = expected_terms(outputs, teacher_features, eps=module.eps)
+    per_teacher = module.beta * terms.mean(1)
+    return per_teacher.sum(), per_teacher
+
+
+FEED_LOSS_OPTIONS = {
+    "defaults": {},
+    "kernel1_width8": {"final_kernel_size": 1, "width": 8},
+    "batch_norm": {"batch_norm": True},
+    "no_final_activation": {"final_activation": False, "negative_slope": 0.2},
+}
+
+
+@pytest.mark.parametrize("options", list(FEED_LOSS_OPTIONS))
+def test_feed_loss_module_equals_full_translators_then_loss(options):
+    torch.manual_seed(0)
+    module = FEEDLoss(5, [4, 7, 3], beta=500.0, backend="torch", **FEED_LOSS_OPTIONS[options])
+    student_feature = torch.randn(3, 5, 4, 4, requires_grad=True)
+    teacher_features = [torch.randn(3, c, 4, 4) for c in (4, 7, 3)]
+
+    out = module(student_feature, teacher_features)
+    assert isinstance(out, feed_fast.FEEDLossOutput)
+    assert out.total.shape == () and out.per_teacher.shape == (3,)
+    torch.testing.assert_close(out.per_teacher.sum(), out.total)
+
+    want_total, want_per_teacher = full_translator_loss(module, student_feature, teacher_features)
+    torch.testing.assert_close(out.total.double(), want_total, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.per_teacher.double(), want_per_teacher, rtol=1e-5, atol=1e-5)
+
+    params = [student_feature, *module.parameters()]
+    got = torch.autograd.grad(out.total, params)
+    want = torch.autograd.grad(want_total, params)
+    for g, w in zip(got, want):
+        scale = w.abs().max().item() + 1e-30
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_feed_loss_module_defaults():
+    module = FEEDLoss(4, [6, 2])
+    assert module.beta == 500.0 and module.eps == 1e-12 and module.backend == "auto"
+    assert len(module.translators) == 2
+    assert [tr.out_channels for tr in module.translators] == [6, 2]
+    assert all(tr.width == 4 and tr.head.kernel_size == (3, 3) for tr in module.translators)
+
+
+def test_feed_loss_module_takes_one_tensor_for_one_teacher():
+    torch.manual_seed(1)
+    module = FEEDLoss(3, [2], backend="torch")
+    x, t = torch.randn(2, 3, 3, 3), torch.randn(2, 2, 3, 3)
+    torch.testing.assert_close(module(x, t).total, module(x, [t]).total)
+
+
+def test_feed_loss_module_rejects_wrong_teacher_count():
+    module = FEEDLoss(3, [2, 2], backend="torch")
+    with pytest.raises(ValueError, match=r"teacher_features has 1 entries, expected 2"):
+        module(torch.randn(2, 3, 3, 3), [torch.randn(2, 2, 3, 3)])
+    with pytest.raises(ValueError, match=r"teacher_channels must name at least one teacher"):
+        FEEDLoss(3, [])
