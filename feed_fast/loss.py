@@ -53,6 +53,17 @@ class FEEDLoss(nn.Module):
             for c in teacher_channels
         )
 
+    def _head_parameters(self, device_type: str) -> tuple[list[Tensor], list[Tensor]]:
+        """The heads' weights and biases, cast to the autocast dtype when autocast is on, exactly as autocast
+        casts a conv's parameters: the fused head then runs on bf16/fp16 tensor cores."""
+        weights = [tr.head.weight for tr in self.translators]
+        biases = [tr.head.bias for tr in self.translators]
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            weights = [w.to(dtype) for w in weights]
+            biases = [b.to(dtype) for b in biases]
+        return weights, biases
+
     def forward(self, student_feature: Tensor, teacher_features: Sequence[Tensor]) -> FEEDLossOutput:
         if isinstance(teacher_features, Tensor):
             teacher_features = [teacher_features]
@@ -63,12 +74,12 @@ class FEEDLoss(nn.Module):
             )
         slopes = {tr.head_slope for tr in self.translators}
         (slope,) = slopes  # all translators share one configuration
-        heads = [tr.head for tr in self.translators]
+        weights, biases = self._head_parameters(student_feature.device.type)
         terms = feed_loss(
             [tr.forward_body(student_feature) for tr in self.translators],
             list(teacher_features),
-            [h.weight for h in heads],
-            [h.bias for h in heads],
+            weights,
+            biases,
             beta=self.beta,
             eps=self.eps,
             negative_slope=slope,

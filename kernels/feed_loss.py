@@ -17,11 +17,28 @@ batch in a fixed order, so results are deterministic (no atomics).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
+# Triton's interpreter (3.8) computes tl.dot wrongly for bfloat16 operands. There the operands are rounded to
+# the low-precision dtype as on a GPU, then multiplied in float32: the same products, exactly.
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
 STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, sign(u - v)>
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b with operands rounded to DOT_DTYPE (bf16/fp16 tensor cores, or fp32) and fp32 accumulation."""
+    a = a.to(DOT_DTYPE)
+    b = b.to(DOT_DTYPE)
+    if INTERPRETED:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -55,7 +72,7 @@ def _head_preact(
                     h_base + offs_k[:, None] * s_hc + ih[None, :] * s_hh + iw[None, :] * s_hw,
                     mask=mask_k[:, None] & valid_p[None, :], other=0.0,
                 )
-                acc = tl.dot(w.to(DOT_DTYPE), x.to(DOT_DTYPE), acc)
+                acc = _mma(w, x, acc, DOT_DTYPE)
     else:
         acc = tl.load(
             h_base + offs_c[:, None] * s_hc + ph[None, :] * s_hh + pw[None, :] * s_hw,
@@ -269,7 +286,7 @@ def _grad_input_one_teacher(
                     dz_ptr + bi[None, :] * c_out * n_pos + offs_k[:, None] * n_pos + (oh * width + ow)[None, :],
                     mask=mask_k[:, None] & valid[None, :], other=0.0,
                 )
-                acc = tl.dot(w_t.to(DOT_DTYPE), dz.to(DOT_DTYPE), acc)
+                acc = _mma(w_t, dz, acc, DOT_DTYPE)
         ptrs = gh_ptr + bi[None, :] * s_gh[0] + offs_ci[:, None] * s_gh[1] + ph[None, :] * s_gh[2] \
             + pw[None, :] * s_gh[3]
         tl.store(ptrs, acc.to(gh_ptr.dtype.element_ty), mask=mask_ci[:, None] & mask_n[None, :])
@@ -330,7 +347,7 @@ def _grad_weight_one_teacher(
                 valid = mask_n & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
                 x_t = tl.load(h_ptr + bi[:, None] * s_h[0] + offs_ci[None, :] * s_h[1] + ih[:, None] * s_h[2]
                               + iw[:, None] * s_h[3], mask=valid[:, None] & mask_ci[None, :], other=0.0)
-                acc = tl.dot(dz.to(DOT_DTYPE), x_t.to(DOT_DTYPE), acc)
+                acc = _mma(dz, x_t, acc, DOT_DTYPE)
         if do_weight:
             # grad_w is a contiguous (C_t, C_in, KS, KS) fp32 buffer.
             ptrs = gw_ptr + offs_ct[:, None] * (c_in * KS * KS) + offs_ci[None, :] * (KS * KS) + tap
@@ -372,10 +389,11 @@ def _pow2_between(n: int, low: int, high: int) -> int:
 
 
 def _dot_dtype(student, weight):
-    """Tensor-core operand dtype: a low-precision input wins (as autocast would), float32 otherwise."""
-    dtypes = {student.dtype} | ({weight.dtype} if weight is not None else set())
-    low = dtypes - {torch.float32}
-    return _TORCH_TO_TL[low.pop()] if len(low) == 1 else tl.float32
+    """GEMM operand dtype: bf16/fp16 tensor cores when student and weight share that dtype, else float32, so
+    products are exact in the float32 accumulator either way. (FEEDLoss casts its weights like autocast.)"""
+    if weight is not None and weight.dtype == student.dtype:
+        return _TORCH_TO_TL[student.dtype]
+    return tl.float32
 
 
 def _strides4(x):

@@ -1,0 +1,230 @@
+"""The fused Triton FEED kernels against a float64 reference, forward and every gradient.
+
+On the CPU the kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+anything imports triton). The same tests run compiled on a GPU: `TRITON_INTERPRET=0 pytest -m gpu`.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from feed_fast import FEEDLoss, feed_loss
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+# Interpreter results are exact-ish; compiled GPU kernels use TF32 / bf16 tensor cores.
+TOLERANCE = {("cpu", torch.float32): 2e-5, ("cuda", torch.float32): 5e-3,
+             ("cpu", torch.bfloat16): 2e-2, ("cuda", torch.bfloat16): 3e-2,
+             ("cpu", torch.float16): 5e-3, ("cuda", torch.float16): 1e-2}
+
+
+def make_case(spec, dtype, device, seed=0, channels_last=False, bias=True, weight_dtype=None):
+    """spec: list of (C_in, C_t, H, W, kernel) per teacher; kernel 0 = no conv (C_in must equal C_t)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = 3
+
+    def rand(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dt)
+
+    students, teachers, weights, biases = [], [], [], []
+    for c_in, c_t, h, w, k in spec:
+        s = rand(batch, c_in, h, w)
+        t = rand(batch, c_t, h, w)
+        if channels_last:
+            s, t = s.to(memory_format=torch.channels_last), t.to(memory_format=torch.channels_last)
+        students.append(s)
+        teachers.append(t)
+        wd = weight_dtype or dtype
+        weights.append(rand(c_t, c_in, k, k, dt=wd, scale=1 / math.sqrt(c_in * k * k)) if k else None)
+        biases.append(rand(c_t, dt=wd, scale=0.1) if bias else None)
+    return students, teachers, weights, biases
+
+
+def loss_and_grads(students, teachers, weights, biases, backend, as_float64=False, upstream=None, **kw):
+    def prep(x):
+        if x is None:
+            return None
+        x = x.detach()
+        if as_float64:
+            x = x.double()
+        return x.requires_grad_()
+
+    s, t, w, b = ([prep(x) for x in group] for group in (students, teachers, weights, biases))
+    out = feed_loss(s, t, w, b, backend=backend, **kw)
+    leaves = [x for x in s + w + b if x is not None]
+    grad_out = upstream if upstream is not None else torch.ones_like(out)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    return out, grads, t
+
+
+def assert_close(actual, expected, tol, what):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (actual - expected).abs().max() / scale
+    assert err <= tol, f"{what}: max error {err:.3g} of the largest magnitude, tolerance {tol}"
+
+
+def check_against_float64(case, dtype, device, reduction="none", **kw):
+    students, teachers, weights, biases = case
+    shape = (len(teachers), teachers[0].shape[0]) if reduction == "none" else ()
+    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(device)
+    fused, fused_grads, _ = loss_and_grads(
+        students, teachers, weights, biases, "triton", reduction=reduction, upstream=upstream, **kw
+    )
+    ref, ref_grads, _ = loss_and_grads(
+        students, teachers, weights, biases, "torch", as_float64=True, reduction=reduction, upstream=upstream, **kw
+    )
+    assert fused.dtype == torch.float32
+    tol = TOLERANCE[(device, dtype)]
+    assert_close(fused, ref, tol, "loss")
+    for i, (g, r) in enumerate(zip(fused_grads, ref_grads)):
+        assert torch.isfinite(g).all(), f"gradient {i} has non-finite values"
+        assert_close(g, r, tol, f"gradient {i}")
+    return fused_grads
+
+
+SPECS = {
+    "one_3x3": [(5, 7, 4, 6, 3)],
+    "one_1x1": [(6, 9, 5, 3, 1)],
+    "two_mixed": [(5, 9, 4, 6, 3), (7, 17, 3, 3, 1)],
+    "three_with_identity": [(5, 9, 4, 6, 3), (7, 17, 3, 3, 1), (6, 6, 5, 5, 0)],
+    "four_teachers": [(3, 5, 2, 3, 1), (4, 6, 3, 3, 3), (5, 5, 1, 1, 0), (2, 19, 4, 4, 3)],
+    # A sample larger than one tile (33 * 81 values): the two-pass forward and tiled backward.
+    "multi_tile": [(40, 33, 9, 9, 3)],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_matches_float64_reference_fp32(spec, slope, device):
+    case = make_case(SPECS[spec], torch.float32, device, seed=hash(spec) % 1000)
+    check_against_float64(case, torch.float32, device, negative_slope=slope, beta=3.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", ["two_mixed", "multi_tile"])
+def test_bf16_and_fp16_inputs(spec, device):
+    for dtype in (torch.bfloat16, torch.float16):
+        case = make_case(SPECS[spec], dtype, device, seed=3)
+        grads = check_against_float64(case, dtype, device, negative_slope=0.1)
+        # Gradients come back in each input's own dtype.
+        leaves = [x for group in case for x in group if x is not None and x is not case[1][0]]
+        assert all(g.dtype == dtype for g in grads) and len(grads) > 0 and len(leaves) > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_student_with_fp32_head(device):
+    """Mixed dtypes: bf16 activations with fp32 parameters are multiplied in float32, as the contract says.
+    (bf16 tolerance: the student's gradient is returned in bf16.)"""
+    case = make_case(SPECS["two_mixed"], torch.bfloat16, device, seed=4, weight_dtype=torch.float32)
+    grads = check_against_float64(case, torch.bfloat16, device, negative_slope=0.1)
+    assert grads[0].dtype == torch.bfloat16 and grads[2].dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_channels_last_inputs_keep_their_layout(bias, device):
+    case = make_case(SPECS["two_mixed"], torch.float32, device, seed=5, channels_last=True, bias=bias)
+    check_against_float64(case, torch.float32, device, negative_slope=0.1)
+    s = case[0][0].detach().requires_grad_()
+    feed_loss([s, case[0][1]], case[1], case[2], case[3], backend="triton").backward()
+    assert s.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reductions(reduction, device):
+    case = make_case(SPECS["two_mixed"], torch.float32, device, seed=6)
+    check_against_float64(case, torch.float32, device, reduction=reduction, beta=500.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_dim_weight_is_a_1x1_conv(device):
+    s, t, w, b = make_case([(6, 9, 3, 4, 1)], torch.float32, device, seed=8)
+    w2 = w[0][:, :, 0, 0].clone().requires_grad_()
+    fused = feed_loss(s, t, [w2], b, backend="triton")
+    fused.backward()
+    ref = feed_loss(s, t, [w2.detach().double()[:, :, None, None]], [b[0].double()], backend="torch")
+    assert_close(fused, ref, 1e-5, "loss")
+    assert w2.grad.shape == (9, 6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_maps_are_guarded_by_eps(device):
+    """All-zero head output and teacher: finite loss, finite gradients, matching the reference."""
+    s, t, w, _ = make_case([(4, 5, 3, 3, 3), (5, 5, 2, 2, 0)], torch.float32, device, seed=9, bias=False)
+    s = [torch.zeros_like(x) for x in s]
+    t = [t[0], torch.zeros_like(t[1])]
+    case = (s, t, w, [None, None])
+    check_against_float64(case, torch.float32, device, negative_slope=0.1)
+    out, grads, _ = loss_and_grads(*case, "triton")
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_identical_maps_give_zero_loss_and_zero_gradient(device):
+    t = make_case([(6, 6, 4, 5, 0)], torch.float32, device, seed=10)[1]
+    s = [t[0].clone().requires_grad_()]
+    out = feed_loss(s, t, backend="triton", reduction="none")
+    out.sum().backward()
+    assert out.abs().max() < 1e-6
+    assert s[0].grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_teachers_never_get_gradient(device):
+    s, t, w, b = make_case(SPECS["two_mixed"], torch.float32, device, seed=11)
+    t = [x.clone().requires_grad_() for x in t]
+    s = [x.clone().requires_grad_() for x in s]
+    feed_loss(s, t, w, b, backend="triton").backward()
+    assert all(x.grad is None for x in t)
+    assert all(x.grad is not None for x in s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("where", ["students", "teachers", "weights", "biases"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_gives_non_finite_loss(where, bad, device):
+    case = list(make_case([(4, 5, 3, 3, 3)], torch.float32, device, seed=12))
+    index = ["students", "teachers", "weights", "biases"].index(where)
+    poisoned = case[index][0].clone()
+    poisoned.view(-1)[1] = bad
+    case[index] = [poisoned]
+    out = feed_loss(*case, backend="triton", reduction="none")
+    assert not torch.isfinite(out).all(), f"{bad} in {where} gave the finite loss {out}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouped_launch_equals_one_call_per_teacher(device):
+    s, t, w, b = make_case(SPECS["four_teachers"], torch.float32, device, seed=13)
+    together = feed_loss(s, t, w, b, backend="triton", reduction="none", negative_slope=0.1)
+    for k in range(4):
+        alone = feed_loss(s[k], t[k], w[k], b[k], backend="triton", reduction="none", negative_slope=0.1)
+        assert torch.equal(together[k], alone[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device):
+    case = make_case(SPECS["multi_tile"], torch.float32, device, seed=14)
+    first = loss_and_grads(*case, "triton", negative_slope=0.1)
+    second = loss_and_grads(*case, "triton", negative_slope=0.1)
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_feed_loss_module_fused_matches_torch(device):
+    torch.manual_seed(15)
+    fused_module = FEEDLoss(8, [6, 10], beta=500.0, width=5, backend="triton").to(device)
+    torch_module = FEEDLoss(8, [6, 10], beta=500.0, width=5, backend="torch").to(device)
+    torch_module.load_state_dict(fused_module.state_dict())
+    x = torch.randn(2, 8, 3, 3, device=device)
+    teachers = [torch.randn(2, 6, 3, 3, device=device), torch.randn(2, 10, 3, 3, device=device)]
+    a, b = fused_module(x, teachers), torch_module(x, teachers)
+    a.total.backward()
+    b.total.backward()
+    assert_close(a.per_teacher, b.per_teacher, 1e-5, "per-teacher loss")
+    for (name, p), q in zip(fused_module.named_parameters(), torch_module.parameters()):
+        assert_close(p.grad, q.grad, 1e-4, name)
