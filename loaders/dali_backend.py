@@ -1,0 +1,142 @@
+"""The DALI image-folder pipeline: files read in the loader's own order (so DALI and torchvision
+shuffle, shard and resume alike), decoded by nvJPEG on the GPU ("mixed"; the hardware decoder where
+the GPU has one) or on the CPU in DALI's CPU-only mode, cropped, flipped and normalized inside DALI.
+
+One DALI pipeline serves one pass over an epoch's batches (built at the start of the pass: far cheaper
+than an epoch). A broken file fails a whole DALI batch without naming itself, so on failure the files
+of the batches in flight are checked with Pillow and the culprit named, or left out (skip_corrupt) and
+the pass rebuilt from the first batch not yet served."""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+from . import sampling
+from .base import Batch
+from .folder import FolderLoader
+from .integrity import CorruptImageError, find_unreadable
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import CROP_RATIO, CROP_SCALE, val_resize_size
+
+PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
+
+
+def torchvision_resize_args(encoded, shorter: int):
+    """resize_x / resize_y that reproduce torchvision's Resize(shorter): short side = shorter, long side
+    = shorter * long // short (torchvision truncates; DALI's resize_shorter rounds)."""
+    shape = fn.peek_image_shape(encoded)  # (H, W, C) read from the header, on the CPU
+    height, width = shape[0], shape[1]
+    portrait = height >= width  # torchvision: width <= height -> width is the short side
+    new_width = portrait * shorter + (1 - portrait) * ((shorter * width) // height)
+    new_height = portrait * ((shorter * height) // width) + (1 - portrait) * shorter
+    return fn.cast(new_width, dtype=types.FLOAT), fn.cast(new_height, dtype=types.FLOAT)
+
+
+@pipeline_def
+def folder_pipeline(source, *, train: bool, image_size: int, decoder: str, images_dtype, images_layout: str,
+                    labels_to_gpu: bool):
+    encoded, labels = fn.external_source(source=source, num_outputs=2, batch=True,
+                                         dtype=[types.UINT8, types.INT64])
+    if train:
+        # Decode only the random crop window (nvJPEG ROI decode), then scale it to the output size.
+        images = fn.decoders.image_random_crop(encoded, device=decoder, output_type=types.RGB,
+                                               random_area=list(CROP_SCALE), random_aspect_ratio=list(CROP_RATIO),
+                                               num_attempts=10)
+        images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+        mirror = fn.random.coin_flip(probability=0.5)
+    else:
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        resize_x, resize_y = torchvision_resize_args(encoded, val_resize_size(image_size))
+        images = fn.resize(images, resize_x=resize_x, resize_y=resize_y)
+        mirror = 0
+    images = fn.crop_mirror_normalize(images, crop=(image_size, image_size), crop_pos_x=0.5, crop_pos_y=0.5,
+                                      mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+                                      mirror=mirror, dtype=images_dtype, output_layout=images_layout)
+    return images, (labels.gpu() if labels_to_gpu else labels)
+
+
+def read_encoded(paths: list[str]) -> list[np.ndarray]:
+    return [np.fromfile(path, dtype=np.uint8) for path in paths]
+
+
+class DaliImageFolderLoader(FolderLoader):
+    backend = "dali"
+
+    def __init__(self, root, split: str, batch_size: int, **options):
+        super().__init__(root, split, batch_size, **options)
+        on_gpu = self.device.type == "cuda"
+        self._device_id = self.device.index if on_gpu else None  # None: DALI's CPU-only mode
+        self._decoder = "mixed" if on_gpu else "cpu"
+        # DALI has no bfloat16: it writes float32 and torch rounds once.
+        self._dali_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
+        # On the GPU, HWC batches viewed as NCHW are channels-last with no copy.
+        self._layout = "HWC" if on_gpu else "CHW"
+
+    def _pipeline(self, source, seed: int):
+        pipe = folder_pipeline(source, train=self.train, image_size=self.image_size, decoder=self._decoder,
+                               images_dtype=self._dali_dtype, images_layout=self._layout,
+                               labels_to_gpu=self._device_id is not None, batch_size=self.batch_size,
+                               num_threads=max(1, self.num_threads), device_id=self._device_id, seed=seed,
+                               prefetch_queue_depth=PREFETCH, exec_dynamic=False)
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, images, labels) -> Batch:
+        if self._device_id is None:
+            images = torch.from_numpy(images.as_array()).to(self.device)
+            labels = torch.from_numpy(labels.as_array()).to(self.device)
+        else:
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            stream = torch.cuda.current_stream(self.device)
+            images_hwc = torch.empty(images.as_tensor().shape(), dtype=_torch_dtype(self._dali_dtype),
+                                     device=self.device)
+            feed_ndarray(images, images_hwc, cuda_stream=stream)
+            images = images_hwc.permute(0, 3, 1, 2)  # NCHW view, channels-last strides
+            labels_out = torch.empty(labels.as_tensor().shape(), dtype=torch.int64, device=self.device)
+            feed_ndarray(labels, labels_out, cuda_stream=stream)
+            labels = labels_out
+        return images.to(self.dtype), labels.reshape(-1)
+
+    def _batch_source(self, batches, in_flight: deque):
+        """Encoded files and labels of each batch, for DALI's external source; records what it handed over."""
+        for number, indices in batches:
+            indices = [i for i in indices.tolist() if i not in self.excluded]
+            in_flight.append((number, indices))
+            paths = [self.index.paths[i] for i in indices]
+            yield read_encoded(paths), np.asarray([self.index.labels[i] for i in indices], np.int64)
+
+    def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
+        pending = deque(enumerate(self.without_excluded(batch_indices), start=first_batch))
+        while pending:
+            in_flight: deque = deque()  # batches handed to DALI and not yet served
+            seed = sampling.batch_seed(self.seed, epoch, pending[0][0], self.shard_id) & 0x7FFF_FFFF
+            pipe = self._pipeline(self._batch_source(tuple(pending), in_flight), seed)
+            try:
+                while pending:
+                    images, labels = pipe.run()
+                    in_flight.popleft()
+                    pending.popleft()
+                    yield self._to_torch(images, labels)
+            except RuntimeError as error:  # DALI reports a failed decode as RuntimeError
+                self._handle_failure(error, in_flight)
+                # The loop rebuilds the pass from the first batch not served, now without the broken files.
+            finally:
+                del pipe
+
+    def _handle_failure(self, error: RuntimeError, in_flight) -> None:
+        suspects = [self.index.paths[i] for _, indices in in_flight for i in indices]
+        unreadable = find_unreadable(suspects, workers=max(1, self.num_threads))
+        if not unreadable:
+            raise CorruptImageError(f"DALI failed on a batch holding these {len(suspects)} file(s), and Pillow "
+                                    f"can read them all, so the failure is not a broken file: "
+                                    f"{suspects[:20]}\nDALI said: {error}", suspects) from error
+        self.leave_out(unreadable)
+
+
+def _torch_dtype(dali_dtype) -> torch.dtype:
+    return torch.float16 if dali_dtype == types.FLOAT16 else torch.float32
