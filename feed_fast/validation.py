@@ -11,7 +11,7 @@ from torch import Tensor
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, *LOW_PRECISION)
 REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "hybrid")
 KERNEL_SIZES = (1, 3)
 
 TensorOrList = Union[Tensor, Sequence[Tensor]]

@@ -228,3 +228,20 @@ def test_feed_loss_module_fused_matches_torch(device):
     assert_close(a.per_teacher, b.per_teacher, 1e-5, "per-teacher loss")
     for (name, p), q in zip(fused_module.named_parameters(), torch_module.parameters()):
         assert_close(p.grad, q.grad, 1e-4, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", ["three_with_identity", "multi_tile"])
+def test_hybrid_backend_matches_float64_reference(spec, device):
+    """backend="hybrid": torch/cuDNN runs the head conv, the fused kernels do the rest."""
+    case = make_case(SPECS[spec], torch.float32, device, seed=16)
+    students, teachers, weights, biases = case
+    upstream = torch.randn(len(teachers), 3, generator=torch.Generator().manual_seed(2)).to(device)
+    got, got_grads, _ = loss_and_grads(*case, "hybrid", reduction="none", upstream=upstream, negative_slope=0.1)
+    ref, ref_grads, _ = loss_and_grads(
+        *case, "torch", as_float64=True, reduction="none", upstream=upstream, negative_slope=0.1
+    )
+    tol = TOLERANCE[(device, torch.float32)]
+    assert_close(got, ref, tol, "loss")
+    for i, (g, r) in enumerate(zip(got_grads, ref_grads)):
+        assert_close(g, r, tol, f"gradient {i}")
