@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, math, pipeline_def, types
 
 from . import sampling
 from .base import Batch
@@ -25,15 +25,24 @@ from .transforms import CROP_RATIO, CROP_SCALE, val_resize_size
 PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
 
 
-def torchvision_resize_args(encoded, shorter: int):
-    """resize_x / resize_y that reproduce torchvision's Resize(shorter): short side = shorter, long side
-    = shorter * long // short (torchvision truncates; DALI's resize_shorter rounds)."""
+def torchvision_val_geometry(encoded, shorter: int, crop: int):
+    """resize_x, resize_y, crop_pos_x, crop_pos_y reproducing torchvision's Resize(shorter) +
+    CenterCrop(crop) exactly: the long side becomes shorter * long // short (torchvision truncates, DALI's
+    resize_shorter rounds), and the crop starts at round((size - crop) / 2) with Python's round-half-to-even
+    (DALI's crop_pos=0.5 rounds halves up), both one-pixel shifts that would misalign the two backends."""
     shape = fn.peek_image_shape(encoded)  # (H, W, C) read from the header, on the CPU
     height, width = shape[0], shape[1]
     portrait = height >= width  # torchvision: width <= height -> width is the short side
     new_width = portrait * shorter + (1 - portrait) * ((shorter * width) // height)
     new_height = portrait * ((shorter * height) // width) + (1 - portrait) * shorter
-    return fn.cast(new_width, dtype=types.FLOAT), fn.cast(new_height, dtype=types.FLOAT)
+
+    def center_fraction(size):
+        slack = size - crop
+        start = slack // 2 + (slack % 2) * ((slack // 2) % 2)  # round(slack / 2), halves to even
+        return fn.cast(start, dtype=types.FLOAT) / fn.cast(math.max(slack, 1), dtype=types.FLOAT)
+
+    return (fn.cast(new_width, dtype=types.FLOAT), fn.cast(new_height, dtype=types.FLOAT),
+            center_fraction(new_width), center_fraction(new_height))
 
 
 @pipeline_def
@@ -47,13 +56,14 @@ def folder_pipeline(source, *, train: bool, image_size: int, decoder: str, image
                                                random_area=list(CROP_SCALE), random_aspect_ratio=list(CROP_RATIO),
                                                num_attempts=10)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
-        mirror = fn.random.coin_flip(probability=0.5)
+        mirror, crop_x, crop_y = fn.random.coin_flip(probability=0.5), 0.5, 0.5
     else:
         images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
-        resize_x, resize_y = torchvision_resize_args(encoded, val_resize_size(image_size))
+        resize_x, resize_y, crop_x, crop_y = torchvision_val_geometry(encoded, val_resize_size(image_size),
+                                                                      image_size)
         images = fn.resize(images, resize_x=resize_x, resize_y=resize_y)
         mirror = 0
-    images = fn.crop_mirror_normalize(images, crop=(image_size, image_size), crop_pos_x=0.5, crop_pos_y=0.5,
+    images = fn.crop_mirror_normalize(images, crop=(image_size, image_size), crop_pos_x=crop_x, crop_pos_y=crop_y,
                                       mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
                                       mirror=mirror, dtype=images_dtype, output_layout=images_layout)
     return images, (labels.gpu() if labels_to_gpu else labels)
