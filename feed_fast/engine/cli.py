@@ -1,0 +1,96 @@
+"""`feed-fast train CONFIG [--set key=value ...] [--out DIR]`, `feed-fast train --resume RUN_DIR` and
+`feed-fast eval --checkpoint FILE --data DIR`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="distil (or train) a student from a YAML config",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set optim.lr=0.05 --set method.name=kd")
+    p.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="top-1/top-5 of a student checkpoint on a dataset's val split")
+    e.add_argument("--checkpoint", required=True, help="student.pt, best.pt or last.pt")
+    e.add_argument("--data", required=True, help="dataset root (ignored for --dataset synthetic)")
+    e.add_argument("--dataset", default=None,
+                   help="cifar100 | cifar10 | imagefolder | synthetic (default: the one the run trained on)")
+    e.add_argument("--image-size", type=int, default=None, help="default: the run's data.image_size")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    e.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .api import resume, train
+    from .config import ConfigError, load_config
+
+    try:
+        if args.resume:
+            if args.config or args.overrides:
+                raise ConfigError("--resume RUN_DIR takes no CONFIG or --set: the run's config.yaml is used")
+            summary = resume(args.resume)
+        else:
+            if not args.config:
+                raise ConfigError("give a CONFIG file (see configs/) or --resume RUN_DIR")
+            cfg = load_config(args.config, args.overrides)
+            out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+            summary = train(cfg, out)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"feed-fast train: error: {err}", file=sys.stderr)
+        return 2
+    if summary["interrupted"]:
+        print(f"feed-fast train: stopped by {summary['stopped_by']}; resume with "
+              f"`feed-fast train --resume {summary['run_dir']}`", file=sys.stderr)
+        return 130
+    best = summary["best_top1"]
+    print(f"feed-fast train: done; best top-1 {best:.2f}%, export {summary['export']}"
+          if best is not None else f"feed-fast train: done; export {summary['export']}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..loaders import build_loader
+    from .checkpoint import load_exported_student
+    from .evaluate import evaluate
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        print(f"feed-fast eval: error: --checkpoint {str(path)!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        model, meta = load_exported_student(path)
+    except ValueError as err:
+        print(f"feed-fast eval: error: {err}", file=sys.stderr)
+        return 2
+    run_cfg = torch.load(path, map_location="cpu", weights_only=True).get("config") or {}
+    data_cfg = run_cfg.get("data", {})
+    dataset = args.dataset or data_cfg.get("dataset", "imagefolder")
+    if dataset != "synthetic" and not Path(args.data).exists():
+        print(f"feed-fast eval: error: --data {args.data!r} does not exist", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    kw = {"num_classes": meta["num_classes"]} if dataset == "synthetic" else {}
+    loader = build_loader(args.data, "val", args.batch_size, dataset=dataset, device=device,
+                          image_size=args.image_size or data_cfg.get("image_size", 224),
+                          seed=run_cfg.get("train", {}).get("seed", 0), **kw)
+    if loader.num_classes != meta["num_classes"]:
+        print(f"feed-fast eval: error: the checkpoint predicts {meta['num_classes']} classes, the data has "
+              f"{loader.num_classes}", file=sys.stderr)
+        return 2
+    model.to(device)
+    result = evaluate(model, loader)
+    print(f"top1 {result['top1']:.2f} top5 {result['top5']:.2f} loss {result['loss']:.4f} "
+          f"({result['samples']} images, {meta['model']})")
+    return 0

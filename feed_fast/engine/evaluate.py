@@ -1,0 +1,37 @@
+"""Top-1/top-5 accuracy and cross-entropy of a model over a loader, summed across ranks."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import DistInfo, all_reduce_sum
+
+
+def evaluate(model: nn.Module, loader, *, autocast=None, dist: DistInfo | None = None,
+             max_batches: int | None = None) -> dict:
+    """`model(images)` must return logits. Returns {top1, top5 (percent), loss (mean CE), samples}."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
+        for i, (images, labels) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            logits = model(images.to(device, non_blocking=True)).float()
+            labels = labels.to(device, non_blocking=True)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top.eq(labels[:, None])
+            sums += torch.stack([
+                F.cross_entropy(logits, labels, reduction="sum").double(),
+                hits[:, :1].sum().double(), hits.sum().double(),
+                torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
+            ])
+    model.train(was_training)
+    sums = all_reduce_sum(sums, dist) if dist is not None else sums
+    loss, top1, top5, count = sums.tolist()
+    count = max(count, 1.0)
+    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count, "samples": int(count)}

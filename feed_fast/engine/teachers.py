@@ -1,0 +1,120 @@
+"""Frozen teachers: loaded from a checkpoint or torchvision weights, put in eval mode with gradients off, and
+run under `torch.inference_mode()`, each on its own CUDA stream so they overlap each other and the student's
+forward. Only what the method asks for is computed: the feature map, and the logits only for KD."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..methods import TeacherOutputs
+from ..models import build_model
+from .checkpoint import load_weights
+
+
+def load_teacher(spec: dict, num_classes: int) -> nn.Module:
+    """`spec`: {name, checkpoint | weights, kwargs}. Weights names download through torchvision."""
+    model = build_model(spec["name"], num_classes, weights=spec["weights"], **spec["kwargs"])
+    if spec["checkpoint"]:
+        load_weights(model, spec["checkpoint"])
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_feature_shapes(student: nn.Module, teachers: Sequence[nn.Module], image_size: int, device: torch.device,
+                         feature_pool: str) -> list[int]:
+    """Probe every feature tap with one image; returns the teachers' channel counts. A spatial mismatch is an
+    error naming both shapes unless `feature_pool == "adaptive"` (teacher maps pooled to the student's size)."""
+    probe = torch.zeros(1, 3, image_size, image_size, device=device)
+    was_training = student.training
+    student.eval()
+    with torch.inference_mode():
+        s_shape = tuple(student.extract_features(probe).shape[1:])
+        t_shapes = [tuple(t.extract_features(probe).shape[1:]) for t in teachers]
+    student.train(was_training)
+    for k, t_shape in enumerate(t_shapes):
+        if t_shape[1:] != s_shape[1:] and feature_pool != "adaptive":
+            raise ValueError(
+                f"teacher {k} feature map is (C, H, W) = {t_shape} but the student's is {s_shape} at image size "
+                f"{image_size}: the spatial sizes must match; set method.feature_pool=adaptive to pool the "
+                "teacher's map to the student's size"
+            )
+    return [s[0] for s in t_shapes]
+
+
+class PendingOutputs:
+    def __init__(self, features, logits, events) -> None:
+        self.features, self.logits, self.events = features, logits, events
+
+    def wait(self) -> TeacherOutputs:
+        if self.events:
+            current = torch.cuda.current_stream()
+            for event in self.events:
+                current.wait_event(event)
+        return TeacherOutputs(self.features, self.logits)
+
+
+class TeacherRunner:
+    def __init__(self, teachers: Sequence[nn.Module], device: torch.device, *, need_features: bool,
+                 need_logits: bool, pool_to: tuple[int, int] | None = None) -> None:
+        self.teachers = [freeze(t) for t in teachers]
+        self.need_features, self.need_logits, self.pool_to = need_features, need_logits, pool_to
+        self.streams = [torch.cuda.Stream(device) for _ in teachers] if device.type == "cuda" else []
+
+    def __len__(self) -> int:
+        return len(self.teachers)
+
+    def _run_one(self, teacher: nn.Module, images: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        if self.need_logits:
+            feature, logits = teacher.forward_features(images)
+        else:
+            feature, logits = teacher.extract_features(images), None
+        if not self.need_features:
+            feature = None
+        elif self.pool_to is not None and tuple(feature.shape[2:]) != self.pool_to:
+            feature = F.adaptive_avg_pool2d(feature, self.pool_to)
+        return feature, logits
+
+    def launch(self, images: Tensor, timer=None) -> PendingOutputs | None:
+        """Start every teacher on `images`; on CUDA this returns before they finish. `timer` (a StepTimer)
+        gets the span from launch to each teacher's end (CUDA events), or the host time on the CPU."""
+        if not self.teachers:
+            return None
+        features, logits, events = [], [], []
+        if self.streams:
+            main = torch.cuda.current_stream()
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(main)
+            for teacher, stream in zip(self.teachers, self.streams):
+                stream.wait_stream(main)  # images are produced on the main stream
+                with torch.cuda.stream(stream), torch.inference_mode():
+                    feature, logit = self._run_one(teacher, images)
+                    event = torch.cuda.Event(enable_timing=True)
+                    event.record(stream)
+                for out in (feature, logit):
+                    if out is not None:
+                        out.record_stream(main)  # freed on the main stream: keep the allocator honest
+                features.append(feature)
+                logits.append(logit)
+                events.append(event)
+            if timer is not None:
+                timer.add_span("teachers", start, events)
+        else:
+            host_start = time.perf_counter()
+            with torch.inference_mode():
+                for teacher in self.teachers:
+                    feature, logit = self._run_one(teacher, images)
+                    features.append(feature)
+                    logits.append(logit)
+            if timer is not None:
+                timer.add_ms("teachers", (time.perf_counter() - host_start) * 1e3)
+        return PendingOutputs(features if self.need_features else None, logits if self.need_logits else None, events)

@@ -1,0 +1,21 @@
+"""Hinton KD against the mean of the teachers' softened logits, plus cross-entropy."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .base import Distiller
+from .losses import hinton_kd
+
+
+class KD(Distiller):
+    needs_teacher_logits = True
+
+    def __init__(self, student, *, temperature: float = 4.0, weight: float = 1.0, ce_weight: float = 1.0) -> None:
+        super().__init__(student)
+        self.temperature, self.weight, self.ce_weight = temperature, weight, ce_weight
+
+    def losses(self, student_feature, logits, labels, teachers):
+        return {
+            "ce": self.ce_weight * F.cross_entropy(logits.float(), labels),
+            "kd": self.weight * hinton_kd(logits, teachers.logits, self.temperature),
+        }

@@ -1,0 +1,14 @@
+"""Logit losses shared by the methods (the FEED term itself comes from `feed_fast.FEEDLoss`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def hinton_kd(student_logits: Tensor, teacher_logits: list[Tensor], temperature: float) -> Tensor:
+    """KL(mean_k softmax(t_k / T) || softmax(s / T)) * T^2 (Hinton et al.), batch mean, in float32."""
+    with torch.no_grad():
+        target = torch.stack([F.softmax(t.float() / temperature, dim=1) for t in teacher_logits]).mean(0)
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, target, reduction="batchmean") * temperature**2

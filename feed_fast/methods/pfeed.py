@@ -1,0 +1,35 @@
+"""Parallel FEED: K frozen teachers, K translators fed the student's last feature map,
+CE + beta * sum_k FEED_k (the FEED term is `feed_fast.FEEDLoss`), optionally plus Hinton KD."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+
+from ..loss import FEEDLoss
+from .base import Distiller
+from .losses import hinton_kd
+
+
+class PFEED(Distiller):
+    needs_teacher_features = True
+    needs_student_feature = True
+
+    def __init__(self, student, teacher_channels: Sequence[int], *, beta: float = 500.0,
+                 translator: dict | None = None, backend: str = "auto", kd_weight: float = 0.0,
+                 kd_temperature: float = 4.0) -> None:
+        super().__init__(student)
+        self.feed = FEEDLoss(student.feature_channels, list(teacher_channels), beta=beta, backend=backend,
+                             **(translator or {}))
+        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
+        self.needs_teacher_logits = kd_weight > 0
+
+    def losses(self, student_feature, logits, labels, teachers):
+        feed = self.feed(student_feature, teachers.features)
+        losses = {"ce": F.cross_entropy(logits.float(), labels)}
+        # one entry per teacher, so metrics.jsonl shows each FEED term; their sum is feed.total
+        for k, term in enumerate(feed.per_teacher.unbind(0)):
+            losses[f"feed_{k}"] = term
+        if self.needs_teacher_logits:
+            losses["kd"] = self.kd_weight * hinton_kd(logits, teachers.logits, self.kd_temperature)
+        return losses

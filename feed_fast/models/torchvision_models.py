@@ -1,0 +1,94 @@
+"""ImageNet students and teachers: any torchvision classification model by name, with its feature tap
+taken by torchvision's feature extraction (no model code copied here).
+
+The tap is the last feature map before global pooling: `layer4` for the ResNet/ResNeXt/Wide-ResNet/RegNet
+families (RegNet: `trunk_output`), `features` for VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet-style models.
+Other models need `feature_node=` (a node name from `torchvision.models.feature_extraction.get_graph_node_names`)."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+DEFAULT_FEATURE_NODES = {
+    "resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4",
+    "regnet": "trunk_output",
+    "vgg": "features", "mobilenet": "features", "efficientnet": "features", "convnext": "features",
+    "densenet": "features", "mnasnet": "layers", "shufflenet": "conv5",
+}
+
+
+def torchvision_model_names() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def default_feature_node(name: str) -> str | None:
+    for prefix, node in DEFAULT_FEATURE_NODES.items():
+        if name.startswith(prefix):
+            return node
+    return None
+
+
+class TorchvisionFeatureModel(nn.Module):
+    """A torchvision classifier plus two feature-extraction views of the same parameters:
+    `extract_features(x)` (graph cut at the tap: the head is never run) and `forward_features(x)` (feature and
+    logits from one forward). `plain_module()` is the torchvision model itself: its state dict is the export."""
+
+    def __init__(self, name: str, num_classes: int, weights: str | None = None,
+                 feature_node: str | None = None) -> None:
+        super().__init__()
+        node = feature_node or default_feature_node(name)
+        if node is None:
+            raise ValueError(
+                f"model {name!r} has no known feature tap; pass feature_node= (one of the names printed by "
+                "torchvision.models.feature_extraction.get_graph_node_names)"
+            )
+        kwargs = {"weights": weights} if weights else {"weights": None, "num_classes": num_classes}
+        self.net = torchvision.models.get_model(name, **kwargs)
+        if weights and self.net_num_classes() != num_classes:
+            raise ValueError(f"weights {weights!r} give {self.net_num_classes()} classes, the data has {num_classes}")
+        self.name, self.feature_node = name, node
+        # The extractors share self.net's parameters; kept out of the module tree so the state dict stays
+        # the torchvision model's own. Built lazily; torchvision traces train and eval graphs up front.
+        self._extractors: dict[str, nn.Module] = {}
+        self.feature_channels = self._probe_channels()
+
+    def net_num_classes(self) -> int:
+        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        return last[-1].out_features if last else -1
+
+    def _extractor(self, with_logits: bool) -> nn.Module:
+        key = "both" if with_logits else "feature"
+        if key not in self._extractors:
+            nodes = {self.feature_node: "feature"}
+            if with_logits:
+                from torchvision.models.feature_extraction import get_graph_node_names
+
+                train_nodes, _ = get_graph_node_names(self.net)
+                nodes[train_nodes[-1]] = "logits"
+            self._extractors[key] = create_feature_extractor(self.net, return_nodes=nodes)
+        extractor = self._extractors[key]
+        extractor.train(self.net.training)
+        return extractor
+
+    def _probe_channels(self) -> int:
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            feature = self._extractor(False)(torch.zeros(1, 3, 64, 64))["feature"]
+        self.net.train(was_training)
+        return feature.shape[1]
+
+    def extract_features(self, x: Tensor) -> Tensor:
+        return self._extractor(False)(x)["feature"]
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self._extractor(True)(x)
+        return out["feature"], out["logits"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def plain_module(self) -> nn.Module:
+        return self.net
