@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"
 
@@ -52,6 +56,21 @@ class CompileOnlyLauncher:
         return launch
 
 
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack (spill) bytes, from the cuobjdump that ships with Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return {"registers": int(found[1]), "stack_bytes": int(found[2])} if found else {}
+
+
 def main(arch: int) -> None:
     driver.set_active(CompileOnlyDriver(arch))
     import feed_fast.kernels.feed_loss as kernels
@@ -82,6 +101,7 @@ def main(arch: int) -> None:
             "wgmma": ptx.count("wgmma.mma_async"),
             "mma_sync": ptx.count("mma.sync"),
             "shared_bytes": kernel.metadata.shared,
+            **resource_usage(kernel.asm.get("cubin", b"")),
         }))
 
 
