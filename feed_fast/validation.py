@@ -106,6 +106,8 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
         for name, x in (("teachers", t), ("students", s)):
             if x.dim() != 4:
                 raise ValueError(f"{name}[{k}] must be 4-D (B, C, H, W), got shape {_shape(x)}")
+            if 0 in x.shape[1:]:  # an empty map has no norm: the loss would be 0/0 (or the conv misbehave)
+                raise ValueError(f"{name}[{k}] has shape {_shape(x)}; channels, height and width must be >= 1")
         if device is None:
             device, batch = t.device, t.shape[0]
         if batch == 0:

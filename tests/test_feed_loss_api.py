@@ -478,6 +478,29 @@ ERROR_CASES = {
         ValueError,
         r"students\[1\] must be 4-D",
     ),
+    # Empty maps have no norm: 0/0 losses before, and torch's conv2d mis-shapes zero input channels.
+    "teacher_no_channels": (
+        lambda a: replace(a, "teachers", 1, torch.randn(3, 0, 2, 7)),
+        {},
+        ValueError,
+        r"teachers\[1\] has shape \(3, 0, 2, 7\); channels, height and width must be >= 1",
+    ),
+    "student_no_channels": (
+        lambda a: replace(a, "students", 1, torch.randn(3, 0, 2, 7)),
+        {},
+        ValueError,
+        r"students\[1\] has shape \(3, 0, 2, 7\); channels, height and width must be >= 1",
+    ),
+    "empty_spatial": (
+        lambda a: {
+            **a,
+            "students": [a["students"][0], torch.randn(3, 6, 0, 7)],
+            "teachers": [a["teachers"][0], torch.randn(3, 3, 0, 7)],
+        },
+        {},
+        ValueError,
+        r"teachers\[1\] has shape \(3, 3, 0, 7\); channels, height and width must be >= 1",
+    ),
     "empty_batch": (
         lambda a: {
             "students": [s[:0] for s in a["students"]],
