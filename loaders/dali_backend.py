@@ -103,6 +103,7 @@ class DaliImageFolderLoader(FolderLoader):
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             stream = torch.cuda.current_stream(self.device)
+            # As DALI's own PyTorch iterator does: copy on torch's current stream, then let DALI reuse its buffer.
             images_hwc = torch.empty(images.as_tensor().shape(), dtype=_torch_dtype(self._dali_dtype),
                                      device=self.device)
             feed_ndarray(images, images_hwc, cuda_stream=stream)
@@ -123,6 +124,10 @@ class DaliImageFolderLoader(FolderLoader):
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         pending = deque(enumerate(self.without_excluded(batch_indices), start=first_batch))
         while pending:
+            if self.excluded:  # after a failure: a batch whose every file is broken has nothing to serve
+                pending = deque((n, idx) for n, idx in pending if any(i not in self.excluded for i in idx.tolist()))
+                if not pending:
+                    break
             in_flight: deque = deque()  # batches handed to DALI and not yet served
             seed = sampling.batch_seed(self.seed, epoch, pending[0][0], self.shard_id) & 0x7FFF_FFFF
             pipe = self._pipeline(self._batch_source(tuple(pending), in_flight), seed)
