@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from .normalize import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import CROP_RATIO, CROP_SCALE, val_resize_size
 
 PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
+READ_AHEAD = 3  # batches of encoded files read from disk ahead of DALI
 
 
 def torchvision_val_geometry(encoded, shorter: int, crop: int):
@@ -114,12 +116,25 @@ class DaliImageFolderLoader(FolderLoader):
         return images.to(self.dtype), labels.reshape(-1)
 
     def _batch_source(self, batches, in_flight: deque):
-        """Encoded files and labels of each batch, for DALI's external source; records what it handed over."""
-        for number, indices in batches:
-            indices = [i for i in indices.tolist() if i not in self.excluded]
-            in_flight.append((number, indices))
-            paths = [self.index.paths[i] for i in indices]
-            yield read_encoded(paths), np.asarray([self.index.labels[i] for i in indices], np.int64)
+        """Encoded files and labels of each batch, for DALI's external source; records what it handed over.
+        A reader thread loads the files READ_AHEAD batches early (file reads release the GIL), so the
+        trainer's thread, which DALI calls this from, does not wait on the disk."""
+        def load(indices):
+            return read_encoded([self.index.paths[i] for i in indices])
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-read") as reader:
+            reads: deque = deque()
+            upcoming = iter(batches)
+            while True:
+                while len(reads) < READ_AHEAD and (batch := next(upcoming, None)) is not None:
+                    number, indices = batch
+                    indices = [i for i in indices.tolist() if i not in self.excluded]
+                    reads.append((number, indices, reader.submit(load, indices)))
+                if not reads:
+                    return
+                number, indices, encoded = reads.popleft()
+                in_flight.append((number, indices))
+                yield encoded.result(), np.asarray([self.index.labels[i] for i in indices], np.int64)
 
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         pending = deque(enumerate(self.without_excluded(batch_indices), start=first_batch))

@@ -220,6 +220,14 @@ def test_data_check_lists_class_counts_and_unreadable_files(broken_folder, folde
     assert "no class folders" in capsys.readouterr().out
 
 
+def test_data_check_is_a_feed_fast_command(folder, capsys):
+    from feed_fast.cli import main
+
+    assert main(["data", "check", folder[0], "--max-classes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "astronaut: 5" in out and "... 3 more classes" in out
+
+
 # --- on a GPU (CPU twins above) ---------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
