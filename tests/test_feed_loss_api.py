@@ -225,6 +225,23 @@ def test_gradcheck_torch_backend_in_float64():
 # ----------------------------------------------------------------------------------------------------
 # Degenerate maps
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("eps", [1e-12, 0.5, 1e3])
+def test_eps_is_a_floor_on_the_norms(eps):
+    """eps = 1e3 is above every norm here (u = y / eps, v = t / eps); 0.5 is above only the norm of the
+    shrunken teacher sample (about 0.01) and below all others (about 3 to 12)."""
+    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"], seed=5)
+    teachers[0][0] *= 1e-3
+    norms = torch.stack([t.flatten(1).norm(dim=1) for t in teachers])
+    assert norms[0, 0] < 0.5 < norms.flatten()[1:].min()
+    got = feed_loss(students, teachers, weights, biases, eps=eps, reduction="none", backend="torch")
+    want = expected_terms(students, teachers, weights, biases, eps=eps)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-8)
+    params = leaves(students, weights, biases)
+    for g, w in zip(grads_of(got, params), grads_of(want, params)):
+        scale = w.abs().max().item() + 1e-30
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-4, atol=1e-6 * scale)
+
+
 @pytest.mark.parametrize("slope", [None, 0.1])
 def test_zero_maps_give_finite_loss_and_gradients(slope):
     """Sample 0: teacher all zero. Sample 1: student (so y) all zero. Sample 2: both zero (term 0)."""
@@ -751,3 +768,26 @@ def test_feed_loss_module_rejects_wrong_teacher_count():
         module(torch.randn(2, 3, 3, 3), [torch.randn(2, 2, 3, 3)])
     with pytest.raises(ValueError, match=r"teacher_channels must name at least one teacher"):
         FEEDLoss(3, [])
+
+
+def test_feed_loss_module_under_autocast_returns_float32():
+    """Under CPU autocast the body runs in bf16 and the heads are cast like autocast casts a conv."""
+    torch.manual_seed(2)
+    module = FEEDLoss(4, [3, 5], backend="torch")
+    student_feature = torch.randn(2, 4, 3, 3)
+    teacher_features = [torch.randn(2, 3, 3, 3), torch.randn(2, 5, 3, 3)]
+    plain = module(student_feature, teacher_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = module(student_feature, teacher_features)
+    assert mixed.total.dtype == torch.float32 and mixed.per_teacher.dtype == torch.float32
+    torch.testing.assert_close(mixed.per_teacher, plain.per_teacher, rtol=5e-2, atol=0.0)
+    mixed.total.backward()
+    head = module.translators[1].head
+    assert head.weight.grad is not None and head.weight.grad.dtype == torch.float32
+    assert torch.isfinite(head.weight.grad).all()
+
+
+def test_feed_loss_module_names_a_spatial_mismatch():
+    module = FEEDLoss(3, [2, 4], backend="torch")
+    with pytest.raises(ValueError, match=r"students\[1\] has spatial size \(3, 3\), expected \(2, 2\)"):
+        module(torch.randn(2, 3, 3, 3), [torch.randn(2, 2, 3, 3), torch.randn(2, 4, 2, 2)])
