@@ -52,9 +52,11 @@ def configure_determinism(cfg: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def train(config: dict, out_dir, *, resume: bool = False) -> dict:
+def train(config: dict, out_dir, *, resume: bool = False, max_epochs: int | None = None) -> dict:
     """Train as `config` says (the nested dict of a YAML config; defaults filled in and validated here) into
     `out_dir`. With `resume=True`, continue from `out_dir`'s last.pt (the next batch of the same epoch order).
+    `max_epochs` stops after that many more epochs of the current generation (last.pt written), as a signal
+    would: for time-limited jobs.
 
     Returns {history, best_top1, final_top1, student_params, images_per_sec, step_breakdown_ms, interrupted,
     export, run_dir, generations: [the same per generation]}. Top-level entries are the last generation's."""
@@ -87,7 +89,7 @@ def train(config: dict, out_dir, *, resume: bool = False) -> dict:
                 teachers = method.teachers_for(g, given, previous_student)
                 trainer = GenerationTrainer(cfg, stage_dir, g, teachers, method, train_loader, val_loader, device,
                                             dist, precision, stop, resume_dir=run_dir)
-                summary = trainer.fit(resume=resume)
+                summary = trainer.fit(resume=resume, max_epochs=max_epochs)
                 summaries.append(summary)
                 if summary["interrupted"]:
                     break
@@ -104,12 +106,12 @@ def train(config: dict, out_dir, *, resume: bool = False) -> dict:
         teardown_distributed(dist)
 
 
-def resume(run_dir) -> dict:
+def resume(run_dir, *, max_epochs: int | None = None) -> dict:
     """Continue the run in `run_dir` with its recorded config."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a feed-fast run directory: {CONFIG_FILE} is missing")
-    return train(yaml.safe_load(path.read_text()), run_dir, resume=True)
+    return train(yaml.safe_load(path.read_text()), run_dir, resume=True, max_epochs=max_epochs)
 
 
 def load_student(path) -> torch.nn.Module:

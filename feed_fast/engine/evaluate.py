@@ -12,13 +12,16 @@ from .distributed import DistInfo, all_reduce_sum
 
 def evaluate(model: nn.Module, loader, *, autocast=None, dist: DistInfo | None = None,
              max_batches: int | None = None) -> dict:
-    """`model(images)` must return logits. Returns {top1, top5 (percent), loss (mean CE), samples}."""
+    """`model(images)` must return logits. Returns {top1, top5 (percent), loss (mean CE), samples}.
+    Loaders with `iter_from` are read as their epoch 0 every time, so every evaluation sees the same images
+    (synthetic data draws fresh noise per epoch)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
-        for i, (images, labels) in enumerate(loader):
+        batches = loader.iter_from(0, 0) if hasattr(loader, "iter_from") else iter(loader)
+        for i, (images, labels) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             logits = model(images.to(device, non_blocking=True)).float()

@@ -94,6 +94,8 @@ class GenerationTrainer:
         self.best_top1, self.history = -1.0, []
         self.epoch_sums: dict[str, float] = {}
         self.last_breakdown: dict[str, float] = {}
+        self.stopped_by: str | None = None
+        self.lr_used = cfg["optim"]["lr"]  # the lr of the latest step (logged per epoch)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def export_meta(self) -> dict:
@@ -144,13 +146,18 @@ class GenerationTrainer:
             truncate_metrics(self.run_dir, self.epoch)
 
     # --- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool) -> dict:
+    def fit(self, resume: bool, max_epochs: int | None = None) -> dict:
+        """Train to the end of the schedule, or for `max_epochs` more epochs (then stop as a signal would)."""
         last = self.run_dir / "last.pt"
         if resume and last.exists():
             self.load(last)
         epochs = self.cfg["schedule"]["epochs"]
         interrupted = False
+        first_epoch = self.epoch
         while self.epoch < epochs:
+            if max_epochs is not None and self.epoch - first_epoch >= max_epochs:
+                interrupted, self.stopped_by = True, f"the limit of {max_epochs} epoch(s) for this call"
+                break
             train_stats = self.train_one_epoch(self.epoch, self.next_batch)
             if train_stats is None:
                 interrupted = True
@@ -193,7 +200,7 @@ class GenerationTrainer:
             "images_per_sec": self.history[-1]["images_per_sec"] if self.history else None,
             "step_breakdown_ms": self.last_breakdown,
             "interrupted": interrupted,
-            "stopped_by": self.stop.signal_name,
+            "stopped_by": self.stop.signal_name or self.stopped_by,
             "resume_at": {"epoch": self.epoch, "batch": self.next_batch},
             "run_dir": str(self.run_dir),
             "export": str(self.run_dir / "student.pt") if not interrupted else None,
@@ -249,7 +256,7 @@ class GenerationTrainer:
         loss["total"] = sum(loss.values())
         self.last_breakdown = self.timer.collect()
         world_rate = images_seen * self.dist.world_size / max(elapsed, 1e-9)
-        return {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": world_rate,
+        return {"loss": loss, "lr": self.lr_used, "images_per_sec": world_rate,
                 "data_wait_fraction": data_wait / 1e3 / max(elapsed, 1e-9), "step_ms": self.last_breakdown}
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -262,6 +269,7 @@ class GenerationTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         with timer("optimizer"):
+            self.lr_used = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -273,5 +281,5 @@ class GenerationTrainer:
         global_step = epoch * self.steps_per_epoch + step + 1
         scalars = {f"step_ms/{k}": v for k, v in breakdown.items()}
         scalars.update({f"train/{k}": v.item() for k, v in losses.items()})
-        scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        scalars["train/lr"] = self.lr_used
         self.log.scalars(scalars, global_step)

@@ -1,0 +1,196 @@
+"""The engine on the CPU with tiny models and the synthetic loader: every method trains and its loss falls,
+the run directory holds what it should, the export has no translator keys and loads into the plain class,
+resume is exact (2 epochs == 1 + resume + 1; and from the middle of an epoch after a real signal)."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+from feed_fast.loaders import build_loader
+
+from feed_fast.engine import evaluate, load_student, resume, train
+from feed_fast.engine.checkpoint import student_export
+from feed_fast.engine.trainer import GenerationTrainer
+from feed_fast.models import build_model
+
+TINY = {"widths": [4, 8, 16]}
+TEACHER = {"widths": [4, 8, 32]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # two threads on a shared 2-core machine oversubscribe and run 10x slower; results differ by thread count
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory):
+    """Two teacher checkpoints in the two accepted formats: a feed-fast export and a bare state dict."""
+    root = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(11)
+    a = build_model("resnet8", 5, **TEACHER)
+    torch.save(student_export("resnet8", 5, TEACHER, a), root / "export.pt")
+    b = build_model("resnet8", 5, **TEACHER)
+    torch.save(b.state_dict(), root / "plain.pt")
+    return [str(root / "export.pt"), str(root / "plain.pt")]
+
+
+def tiny_config(method="pfeed", teachers=(), epochs=2, **sections):
+    cfg = {
+        "model": {"name": "resnet8", "kwargs": TINY},
+        "teachers": [{"name": "resnet8", "checkpoint": path, "kwargs": TEACHER} for path in teachers],
+        "method": {"name": method, "backend": "torch", "generations": 2},
+        "data": {"dataset": "synthetic", "root": "", "num_classes": 5, "batch_size": 16, "eval_batch_size": 32,
+                 "image_size": 16},
+        "schedule": {"name": "cosine", "epochs": epochs, "milestones": []},
+        "optim": {"lr": 0.05},
+        "train": {"device": "cpu", "progress": "none", "log_every": 4},
+    }
+    for key, value in sections.items():
+        cfg[key].update(value)
+    return cfg
+
+
+def params_of(path):
+    return load_student(path).state_dict()
+
+
+def assert_same_params(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize(("method", "n_teachers", "expected_parts"), [
+    ("baseline", 0, {"ce"}),
+    ("kd", 2, {"ce", "kd"}),
+    ("pfeed", 2, {"ce", "feed_0", "feed_1"}),
+])
+def test_each_method_trains_and_its_loss_falls(tmp_path, teacher_files, method, n_teachers, expected_parts):
+    summary = train(tiny_config(method, teacher_files[:n_teachers], epochs=3), tmp_path)
+    history = summary["history"]
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    assert set(history[0]["loss"]) == expected_parts | {"total"}
+    assert history[-1]["loss"]["total"] < history[0]["loss"]["total"]
+    assert history[-1]["loss"]["ce"] < history[0]["loss"]["ce"]
+    if method == "pfeed":  # the translators learn: each FEED term falls
+        assert history[-1]["loss"]["feed_0"] < history[0]["loss"]["feed_0"]
+    for record in history:
+        assert {"top1", "top5", "loss"} <= set(record["val"]) and 0 <= record["val"]["top1"] <= 100
+        assert record["images_per_sec"] > 0 and 0 <= record["data_wait_fraction"] <= 1 and record["lr"] > 0
+        assert set(record["step_ms"]) == {"data_wait", "teachers", "student_forward", "loss", "backward",
+                                          "optimizer"}
+    assert (history[0]["step_ms"]["teachers"] > 0) == (n_teachers > 0)
+    assert summary["best_top1"] == max(r["val"]["top1"] for r in history)
+    assert summary["final_top1"] == history[-1]["val"]["top1"]
+    assert summary["student_params"] == sum(p.numel() for p in build_model("resnet8", 5, **TINY).parameters())
+    assert not summary["interrupted"]
+
+
+def test_run_directory_and_student_export(tmp_path, teacher_files):
+    summary = train(tiny_config("pfeed", teacher_files[:1]), tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "tensorboard", "last.pt", "best.pt", "student.pt", "summary.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert any((tmp_path / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert records == json.loads(json.dumps(summary["history"]))
+    resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert resolved["method"]["beta"] == 500.0 and resolved["optim"]["momentum"] == 0.9  # defaults filled in
+
+    export = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert not [k for k in export["state_dict"] if "translator" in k or "feed" in k]
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert any("translators" in k for k in last["extras"])  # ...while last.pt keeps them for resume
+    plain = build_model("resnet8", 5, **TINY)
+    plain.load_state_dict(export["state_dict"])  # strict: exactly the plain model's keys
+    val = build_loader("", "val", 32, dataset="synthetic", image_size=16, device="cpu", num_classes=5)
+    assert evaluate(plain, val)["top1"] == pytest.approx(summary["final_top1"])
+
+
+def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path, teacher_files):
+    cfg = tiny_config("pfeed", teacher_files, schedule={"name": "multistep", "milestones": [1], "gamma": 0.1})
+    straight = train(cfg, tmp_path / "straight")
+    first = train(cfg, tmp_path / "split", max_epochs=1)
+    assert first["interrupted"] and len(first["history"]) == 1
+    assert not (tmp_path / "split" / "student.pt").exists()
+    resumed = resume(tmp_path / "split")
+    assert not resumed["interrupted"]
+    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert_same_params(a["extras"], b["extras"])  # translators too
+    for key in ("loss", "val", "lr"):
+        assert [r[key] for r in straight["history"]] == [r[key] for r in resumed["history"]]
+
+
+def test_signal_mid_epoch_writes_last_pt_and_resume_continues_at_next_batch(tmp_path, teacher_files, monkeypatch):
+    cfg = tiny_config("pfeed", teacher_files[:1])
+    straight = train(cfg, tmp_path / "straight")
+
+    original_step = GenerationTrainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, images, labels):
+        losses = original_step(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 13:  # epoch 1, batch 3 (10 batches per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
+    stopped = train(cfg, tmp_path / "split")
+    assert stopped["interrupted"] and stopped["stopped_by"] == "SIGTERM"
+    assert stopped["resume_at"] == {"epoch": 1, "batch": 3}
+    last = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert (last["epoch"], last["next_batch"]) == (1, 3)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+    monkeypatch.setattr(GenerationTrainer, "train_step", original_step)
+    resumed = resume(tmp_path / "split")
+    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+    assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_path, monkeypatch):
+    cfg = tiny_config("sfeed", epochs=1)
+    summary = train(cfg, tmp_path / "straight")
+    gens = summary["generations"]
+    assert [g["generation"] for g in gens] == [0, 1]
+    assert set(gens[0]["history"][0]["loss"]) == {"ce", "total"}  # generation 1: CE alone
+    assert set(gens[1]["history"][0]["loss"]) == {"ce", "feed_0", "total"}  # then FEED from generation 1
+    for g in (1, 2):
+        assert load_student(tmp_path / "straight" / f"gen{g}" / "student.pt") is not None
+        assert (tmp_path / "straight" / f"gen{g}" / "metrics.jsonl").exists()
+    assert summary["export"].endswith("gen2/student.pt")
+
+    original_step = GenerationTrainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, images, labels):
+        losses = original_step(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 14:  # generation 2, batch 4
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
+    first = train(cfg, tmp_path / "split")
+    assert first["interrupted"] and first["stopped_by"] == "SIGINT" and len(first["generations"]) == 2
+    assert (tmp_path / "split" / "gen1" / "student.pt").exists()
+    assert not (tmp_path / "split" / "gen2" / "student.pt").exists()
+    monkeypatch.setattr(GenerationTrainer, "train_step", original_step)
+    resumed = resume(tmp_path / "split")
+    # generation 1 is not trained again: its recorded result is reused
+    assert [(r["loss"], r["val"]) for r in resumed["generations"][0]["history"]] == [
+        (r["loss"], r["val"]) for r in gens[0]["history"]]
+    assert_same_params(params_of(tmp_path / "straight" / "gen2" / "student.pt"),
+                       params_of(tmp_path / "split" / "gen2" / "student.pt"))
