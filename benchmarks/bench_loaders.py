@@ -71,13 +71,21 @@ def time_loader(loader, warmup: int, batches: int | None, device: torch.device) 
             "channels_last": bool(batch_images.is_contiguous(memory_format=torch.channels_last))}
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
 def environment(device: torch.device) -> dict:
     dali_version = None
     if dali_available():
         import nvidia.dali
 
         dali_version = nvidia.dali.__version__
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             "device_type": device.type, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
             "dali": dali_version, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
