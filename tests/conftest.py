@@ -8,6 +8,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+try:  # Decorate the kernels now, in the mode chosen above, whatever a test later does to the environment.
+    import feed_fast.fused  # noqa: E402,F401
+except ImportError:  # no triton on this platform: the torch backend still runs
+    pass
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
