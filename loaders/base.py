@@ -70,6 +70,8 @@ class EpochLoader:
         self._next_epoch = 0
 
     # --- what a backend provides -------------------------------------------------------------
+    indices_on_device = False  # True: the loader indexes tensors held on the device with them
+
     @property
     def dataset_size(self) -> int:
         """Samples in the whole dataset (all shards)."""
@@ -104,6 +106,8 @@ class EpochLoader:
         self.epoch = int(epoch)
         self._next_epoch = self.epoch + 1
         indices = self.shard_indices(self.epoch)
+        if self.indices_on_device:  # one copy per epoch instead of one per batch
+            indices = indices.to(self.device)
         slices = sampling.batch_slices(len(indices), self.batch_size, drop_last=self.drop_last,
                                        start_batch=start_batch)
         return self._batches((indices[start:stop] for start, stop in slices), self.epoch, start_batch)

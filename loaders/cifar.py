@@ -74,6 +74,8 @@ def crop_flip_indices(batch: int, generator: torch.Generator, device) -> tuple[t
 
 
 class CifarLoader(EpochLoader):
+    indices_on_device = True
+
     def __init__(self, root: str, split: str, batch_size: int, *, dataset: str = "cifar100",
                  download: bool = False, **common):
         if dataset not in LAYOUTS:
@@ -106,7 +108,6 @@ class CifarLoader(EpochLoader):
 
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         for batch, indices in enumerate(batch_indices, start=first_batch):
-            indices = indices.to(self.device, non_blocking=True)
             images, labels = self.images[indices], self.labels[indices]
             if self.train:
                 self._generator.manual_seed(sampling.batch_seed(self.seed, epoch, batch, self.shard_id))

@@ -21,6 +21,8 @@ NOISE_STD = 0.5
 class SyntheticLoader(EpochLoader):
     """`num_samples_total` defaults to SYNTHETIC_BATCHES full batches for every shard."""
 
+    indices_on_device = True
+
     def __init__(self, split: str, batch_size: int, *, num_classes: int | None = None,
                  num_samples_total: int | None = None, **common):
         num_classes = SYNTHETIC_NUM_CLASSES if num_classes is None else int(num_classes)
@@ -45,7 +47,7 @@ class SyntheticLoader(EpochLoader):
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         size = self.image_size
         for batch, indices in enumerate(batch_indices, start=first_batch):
-            labels = self._labels[indices.to(self.device)]
+            labels = self._labels[indices]
             self._noise_generator.manual_seed(sampling.batch_seed(self.seed, epoch, batch, self.shard_id))
             images = F.interpolate(self._patterns[labels], size=(size, size), mode="nearest")
             noise = torch.randn(images.shape, generator=self._noise_generator, device=self.device)

@@ -100,4 +100,5 @@ class TorchvisionImageFolderLoader(FolderLoader):
             if images is None:
                 continue
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield normalize_uint8(images, self.mean, self.std, dtype=self.dtype), labels.to(self.device)
+            yield (normalize_uint8(images, self.mean, self.std, dtype=self.dtype),
+                   labels.to(self.device, non_blocking=True))

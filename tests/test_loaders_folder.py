@@ -186,6 +186,17 @@ def test_skip_corrupt_warns_and_leaves_only_that_file_out(broken_folder, folder,
         assert [len(labels) for _, labels in val] == [7, 8, 4]
 
 
+@needs_dali
+def test_dali_failure_that_pillow_cannot_explain_lists_the_suspects(broken_folder, monkeypatch):
+    from feed_fast.loaders import dali_backend
+
+    root, victim = broken_folder
+    monkeypatch.setattr(dali_backend, "find_unreadable", lambda paths, workers: {})  # Pillow "reads" them all
+    with pytest.raises(CorruptImageError, match="not a broken file") as caught:
+        collect(loader(root, "val", "dali", skip_corrupt=True))
+    assert victim in caught.value.paths and len(caught.value.paths) <= 20
+
+
 @pytest.mark.parametrize("layout", ["missing split", "no classes", "empty class"])
 def test_unusable_folders_are_refused_naming_the_path(tmp_path, layout):
     split = tmp_path / "train"
