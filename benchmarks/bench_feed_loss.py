@@ -1,5 +1,6 @@
-"""Forward+backward time and peak memory of the FEED loss op: fused Triton kernels vs. the eager PyTorch
-reference vs. torch.compile of that reference, at CIFAR and ImageNet shapes, bf16 features, fp32 heads.
+"""Forward+backward time and peak memory of the FEED loss op: fused Triton kernels (backend "triton"), the
+hybrid (cuDNN head conv + fused rest, backend "hybrid"), the eager PyTorch reference and torch.compile of that
+reference, at CIFAR and ImageNet shapes, bf16 features, fp32 heads.
 
     python benchmarks/bench_feed_loss.py                 # GPU: full shapes -> benchmarks/results/feed_loss_<gpu>.json
     python benchmarks/bench_feed_loss.py --smoke         # tiny shapes, a few iterations (the default on CPU)
@@ -32,7 +33,9 @@ import feed_fast
 from feed_fast import feed_loss
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IMPLS = ("triton", "torch", "compile")  # fused kernels, eager reference, torch.compile of the reference
+# fused kernels; cuDNN head conv + fused rest; eager reference; torch.compile of the reference
+IMPLS = ("triton", "hybrid", "torch", "compile")
+KERNEL_IMPLS = ("triton", "hybrid")  # the ones that need Triton (a GPU, or the interpreter in smoke runs)
 BETA, NEGATIVE_SLOPE = 500.0, 0.1  # FT's official beta; the translator head's LeakyReLU
 FEATURE_DTYPE, HEAD_DTYPE = torch.bfloat16, torch.float32  # AMP-style: bf16 features, fp32 parameters
 
@@ -89,8 +92,8 @@ def loss_function(impl: str, compile_backend: str) -> Callable:
             students, teachers, weights, biases, beta=BETA, negative_slope=NEGATIVE_SLOPE, backend=backend
         )
 
-    if impl == "triton":
-        return lambda *inputs: eager(*inputs, backend="triton")
+    if impl in KERNEL_IMPLS:
+        return lambda *inputs: eager(*inputs, backend=impl)
     if impl == "torch":
         return eager
     torch._dynamo.reset()  # each shape compiles afresh instead of filling one recompile cache
@@ -162,7 +165,7 @@ def fused_skip_reason(device: torch.device, smoke: bool) -> str | None:
 
 def run_case(shape: ShapeSet, kernel_size: int, impl: str, args, device, skip_fused: str | None) -> dict:
     record = {"shape": shape.name, "kernel_size": kernel_size, "impl": impl, "status": "ok", "note": None}
-    if impl == "triton" and skip_fused:
+    if impl in KERNEL_IMPLS and skip_fused:
         return {**record, "status": "skipped", "note": skip_fused}
     try:
         inputs = make_inputs(shape, kernel_size, device)
@@ -195,7 +198,7 @@ def summarize(results: list[dict]) -> list[dict]:
         by_case.setdefault((r["shape"], r["kernel_size"]), {})[r["impl"]] = r if r["status"] == "ok" else {}
     rows = []
     for (shape, kernel_size), impls in by_case.items():
-        fused, eager, compiled = (impls.get(name, {}) for name in IMPLS)
+        fused, hybrid, eager, compiled = (impls.get(name, {}) for name in IMPLS)
         eager_loss = eager.get("loss")
         rows.append(
             {
@@ -203,10 +206,14 @@ def summarize(results: list[dict]) -> list[dict]:
                 "kernel_size": kernel_size,
                 "fused_speedup_vs_eager": ratio(eager.get("median_ms"), fused.get("median_ms")),
                 "fused_speedup_vs_compile": ratio(compiled.get("median_ms"), fused.get("median_ms")),
+                "hybrid_speedup_vs_eager": ratio(eager.get("median_ms"), hybrid.get("median_ms")),
+                "hybrid_speedup_vs_compile": ratio(compiled.get("median_ms"), hybrid.get("median_ms")),
                 "compile_speedup_vs_eager": ratio(eager.get("median_ms"), compiled.get("median_ms")),
                 "fused_memory_vs_eager": ratio(fused.get("peak_extra_mib"), eager.get("peak_extra_mib")),
+                "hybrid_memory_vs_eager": ratio(hybrid.get("peak_extra_mib"), eager.get("peak_extra_mib")),
                 # A benchmark of wrong numbers is worthless: record how far each loss is from eager's.
                 "fused_loss_rel_diff": rel_diff(fused.get("loss"), eager_loss),
+                "hybrid_loss_rel_diff": rel_diff(hybrid.get("loss"), eager_loss),
                 "compile_loss_rel_diff": rel_diff(compiled.get("loss"), eager_loss),
             }
         )
@@ -272,10 +279,13 @@ def print_table(results: list[dict], summary: list[dict]) -> None:
         )
     for s in summary:
         fmt = lambda v: "-" if v is None else f"{v:.2f}x"
-        print(
-            f"{s['shape']} k={s['kernel_size']}: fused vs eager {fmt(s['fused_speedup_vs_eager'])}, "
-            f"vs compile {fmt(s['fused_speedup_vs_compile'])}, memory vs eager {fmt(s['fused_memory_vs_eager'])}"
-        )
+        for impl in KERNEL_IMPLS:
+            name = "fused" if impl == "triton" else impl
+            print(
+                f"{s['shape']} k={s['kernel_size']} {impl}: vs eager {fmt(s[f'{name}_speedup_vs_eager'])}, "
+                f"vs compile {fmt(s[f'{name}_speedup_vs_compile'])}, "
+                f"memory vs eager {fmt(s[f'{name}_memory_vs_eager'])}"
+            )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -333,7 +343,7 @@ def main(argv=None) -> int:
             return 2
         shapes = tuple(s for s in SMOKE_SHAPES + FULL_SHAPES if s.name in args.shapes)
 
-    skip_fused = fused_skip_reason(device, smoke) if "triton" in args.impls else None
+    skip_fused = fused_skip_reason(device, smoke) if set(KERNEL_IMPLS) & set(args.impls) else None
     results = [
         run_case(shape, kernel_size, impl, args, device, skip_fused)
         for shape in shapes
@@ -341,6 +351,14 @@ def main(argv=None) -> int:
         for impl in args.impls
     ]
     summary = summarize(results)
+    notes = []
+    if smoke:
+        notes.append(
+            "smoke run: tiny shapes and few steps prove the script works; the times are not the op's speed "
+            "(on the CPU the Triton cases run in the interpreter)"
+        )
+    if skip_fused:
+        notes.append(skip_fused)
     report = {
         "benchmark": "feed_loss forward+backward (students, weights, biases get gradients)",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -368,6 +386,7 @@ def main(argv=None) -> int:
         "kernel_sizes": list(args.kernel_sizes),
         "results": results,
         "speedups": summary,
+        "notes": notes,
     }
     out = args.out or default_out(device, smoke)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -375,6 +394,8 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
     print_table(results, summary)
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {out}")
     return 1 if any(r["status"] == "error" for r in results) else 0
 

@@ -100,6 +100,7 @@ def test_smoke_run_writes_the_json_report(tmp_path):
     report = json.loads(out.read_text())
 
     assert report["mode"] == "smoke"
+    assert any("not the op's speed" in note for note in report["notes"])
     assert report["device"]["type"] == "cpu" and report["device"]["name"]
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["python"].count(".") == 2 and "triton" in report["versions"]
@@ -111,7 +112,7 @@ def test_smoke_run_writes_the_json_report(tmp_path):
     results = {(r["shape"], r["kernel_size"], r["impl"]): r for r in report["results"]}
     assert set(results) == {(s, k, i) for s in shape_names for k in (3, 1) for i in bench.IMPLS}
     for (shape, kernel_size, impl), r in results.items():
-        if impl == "triton" and not fused_importable():
+        if impl in bench.KERNEL_IMPLS and not fused_importable():
             assert r["status"] == "skipped" and "fused kernels not available" in r["note"]
             continue
         assert r["status"] == "ok", r
@@ -125,10 +126,11 @@ def test_smoke_run_writes_the_json_report(tmp_path):
     for row in report["speedups"]:
         assert row["compile_speedup_vs_eager"] > 0
         assert row["compile_loss_rel_diff"] < 1e-5
-        assert row["fused_memory_vs_eager"] is None
+        assert row["fused_memory_vs_eager"] is None and row["hybrid_memory_vs_eager"] is None
         if fused_importable():
-            assert row["fused_speedup_vs_eager"] > 0 and row["fused_speedup_vs_compile"] > 0
-            assert row["fused_loss_rel_diff"] < 1e-3  # the same loss from both, bf16 inputs, fp32 math
+            for name in ("fused", "hybrid"):
+                assert row[f"{name}_speedup_vs_eager"] > 0 and row[f"{name}_speedup_vs_compile"] > 0
+                assert row[f"{name}_loss_rel_diff"] < 1e-3  # the same loss as eager: bf16 inputs, fp32 math
 
 
 @pytest.mark.gpu
@@ -152,6 +154,7 @@ def test_full_run_on_gpu_reports_cuda_timings_and_memory(tmp_path):
         assert r["median_ms"] > 0 and r["peak_extra_mib"] > 0
     for row in report["speedups"]:
         assert row["fused_memory_vs_eager"] > 0 and row["fused_loss_rel_diff"] < 1e-2
+        assert row["hybrid_memory_vs_eager"] > 0 and row["hybrid_loss_rel_diff"] < 1e-2
 
 
 def test_default_output_path_commits_only_full_gpu_runs():
