@@ -39,6 +39,17 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
                   "num_shards": num_shards, "drop_last": drop_last}
     if dataset != "synthetic" and num_classes is not None:
         raise ValueError(f"num_classes is only for dataset='synthetic'; {dataset!r} reads its classes from the data")
+    loader = _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
+                          common)
+    if len(loader) == 0:
+        raise ValueError(f"{dataset} {split!r} (root={root!r}) gives shard {shard_id}/{num_shards} "
+                         f"{loader.num_samples} samples: not one batch of {batch_size}"
+                         + (" (drop_last=True)" if loader.drop_last else ""))
+    return loader
+
+
+def _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
+                 common) -> EpochLoader:
     if dataset == "synthetic":
         from .synthetic import SyntheticLoader
 

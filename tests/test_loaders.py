@@ -225,9 +225,12 @@ def test_cifar_labels_out_of_range_are_refused(tmp_path):
     ({"dtype": torch.int8}, "dtype must be one of"),
     ({"dataset": "cifar10", "num_classes": 10}, "num_classes is only for"),
     ({"dataset": "imagefolder", "root": None}, "root is required"),
+    ({"dataset": "cifar100", "root": "CIFAR", "batch_size": 41}, r"40 samples: not one batch of 41 \(drop_last"),
 ])
-def test_bad_arguments_are_named(kwargs, message):
+def test_bad_arguments_are_named(kwargs, message, cifar_root):
     args = {"root": None, "split": "train", "batch_size": 4, "dataset": "synthetic", "device": "cpu"} | kwargs
+    if args["root"] == "CIFAR":
+        args["root"] = cifar_root[0]
     with pytest.raises(ValueError, match=message):
         build_loader(args.pop("root"), args.pop("split"), args.pop("batch_size"), **args)
 
