@@ -147,3 +147,14 @@ def test_wheel_metadata_names_the_extras(wheel):
     metadata = dist_info_file(wheel, "METADATA")
     assert "Provides-Extra: dali" in metadata and "Provides-Extra: dev" in metadata
     assert "Requires-Dist: torch" in metadata
+
+
+def test_installed_console_script_runs(tmp_path):
+    script = Path(sys.executable).with_name("feed-fast")
+    if not script.exists():
+        pytest.skip(f"no installed console script next to {sys.executable} (package not pip-installed)")
+    result = subprocess.run(
+        [str(script), "--help"], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: feed-fast")
