@@ -75,7 +75,7 @@ def test_pfeed_terms_come_from_feed_loss_and_gradients_reach_student_and_transla
     images, labels = batch()
     teachers = [torch.randn(4, 16, 4, 4), torch.randn(4, 32, 4, 4)]
     reference = copy.deepcopy(method.feed)
-    logits, losses = method(images, labels, Ready(TeacherOutputs(teachers, None)))
+    _, losses = method(images, labels, Ready(TeacherOutputs(teachers, None)))
     assert set(losses) == {"ce", "feed_0", "feed_1"}
     expected = reference(student.extract_features(images), teachers).per_teacher
     torch.testing.assert_close(torch.stack([losses["feed_0"], losses["feed_1"]]), expected)

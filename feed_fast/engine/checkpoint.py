@@ -46,13 +46,15 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def student_export(model_name: str, num_classes: int, model_kwargs: dict, student: nn.Module) -> dict:
+def student_export(model_name: str, num_classes: int, model_kwargs: dict, student: nn.Module,
+                   data: dict | None = None) -> dict:
     """The deployable student: the plain model's state dict (no translators, no teachers) plus what it takes
     to rebuild it. `state_dict` loads into `build_model(name, num_classes, **kwargs).plain_module()`, which for
-    torchvision names is `torchvision.models.get_model(name, num_classes=num_classes)`."""
+    torchvision names is `torchvision.models.get_model(name, num_classes=num_classes)`. `data` (dataset,
+    image_size, seed) records what the student was trained on, for `feed-fast eval`."""
     state = {k: v.detach().cpu().clone() for k, v in student.plain_module().state_dict().items()}
     return {"format": EXPORT_FORMAT, "model": model_name, "num_classes": num_classes,
-            "model_kwargs": dict(model_kwargs), "state_dict": state}
+            "model_kwargs": dict(model_kwargs), "data": dict(data or {}), "state_dict": state}
 
 
 def extract_state_dict(obj: Any, path: str) -> dict:

@@ -73,9 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"feed-fast eval: error: {err}", file=sys.stderr)
         return 2
-    run_cfg = torch.load(path, map_location="cpu", weights_only=True).get("config") or {}
-    data_cfg = run_cfg.get("data", {})
-    dataset = args.dataset or data_cfg.get("dataset", "imagefolder")
+    trained_on = meta.get("data", {})  # dataset, image_size, seed of the training run
+    dataset = args.dataset or trained_on.get("dataset", "imagefolder")
     if dataset != "synthetic" and not Path(args.data).exists():
         print(f"feed-fast eval: error: --data {args.data!r} does not exist", file=sys.stderr)
         return 2
@@ -83,8 +82,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     kw = {"num_classes": meta["num_classes"]} if dataset == "synthetic" else {}
     loader = build_loader(args.data, "val", args.batch_size, dataset=dataset, device=device,
-                          image_size=args.image_size or data_cfg.get("image_size", 224),
-                          seed=run_cfg.get("train", {}).get("seed", 0), **kw)
+                          image_size=args.image_size or trained_on.get("image_size", 224),
+                          seed=trained_on.get("seed", 0), **kw)
     if loader.num_classes != meta["num_classes"]:
         print(f"feed-fast eval: error: the checkpoint predicts {meta['num_classes']} classes, the data has "
               f"{loader.num_classes}", file=sys.stderr)

@@ -37,6 +37,8 @@ def check_feature_shapes(student: nn.Module, teachers: Sequence[nn.Module], imag
     probe = torch.zeros(1, 3, image_size, image_size, device=device)
     was_training = student.training
     student.eval()
+    for teacher in teachers:
+        freeze(teacher)  # teachers are always in eval mode
     with torch.inference_mode():
         s_shape = tuple(student.extract_features(probe).shape[1:])
         t_shapes = [tuple(t.extract_features(probe).shape[1:]) for t in teachers]

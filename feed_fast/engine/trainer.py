@@ -98,9 +98,13 @@ class GenerationTrainer:
         self.lr_used = cfg["optim"]["lr"]  # the lr of the latest step (logged per epoch)
 
     # --- checkpoints -----------------------------------------------------------------------------
+    def export_data(self) -> dict:
+        data = self.cfg["data"]
+        return {"dataset": data["dataset"], "image_size": data["image_size"], "seed": self.cfg["train"]["seed"]}
+
     def export_meta(self) -> dict:
         return {"model": self.cfg["model"]["name"], "num_classes": self.num_classes,
-                "model_kwargs": dict(self.cfg["model"]["kwargs"])}
+                "model_kwargs": dict(self.cfg["model"]["kwargs"]), "data": self.export_data()}
 
     def state(self) -> dict:
         extras = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("student.")}
@@ -179,7 +183,7 @@ class GenerationTrainer:
             self.progress.end_epoch(self.epoch_message(record))
         if not interrupted and self.dist.is_main:
             atomic_save(student_export(self.cfg["model"]["name"], self.num_classes, self.cfg["model"]["kwargs"],
-                                       self.student), self.run_dir / "student.pt")
+                                       self.student, self.export_data()), self.run_dir / "student.pt")
         self.log.close()
         return self.summary(interrupted)
 
