@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..methods import Method
 from ..models import build_model, count_parameters
 from .checkpoint import atomic_save, student_export
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, broadcast_buffers
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -87,6 +87,8 @@ class GenerationTrainer:
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, cfg["schedule"], cfg["optim"]["lr"])
         self.scaler = precision.grad_scaler()
         self.timer = StepTimer(device)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(run_dir, enabled=dist.is_main)
         self.progress = Progress(cfg["train"]["progress"], dist.is_main, cfg["train"]["log_every"])
 
@@ -245,6 +247,7 @@ class GenerationTrainer:
             self.progress.update(step, images_seen, losses)
             self.next_batch = step + 1
             if self.should_stop():
+                broadcast_buffers(self.distiller, self.dist)
                 self.epoch_sums = {k: v.item() for k, v in sums.items()}
                 self.save("last.pt")
                 self.progress.end_epoch(
@@ -253,6 +256,7 @@ class GenerationTrainer:
                     f"`feed-fast train --resume {self.resume_dir}`")
                 return None
         elapsed = time.perf_counter() - t0
+        broadcast_buffers(self.distiller, self.dist)
         names = sorted(k for k in sums if k != "samples")
         totals = all_reduce_sum(torch.stack([sums[k] for k in names] + [sums["samples"]]), self.dist).tolist()
         count = max(totals[-1], 1.0)
