@@ -268,7 +268,7 @@ def default_out(device: torch.device, smoke: bool) -> Path:
     return Path(tempfile.gettempdir()) / "feed_fast_bench" / f"feed_loss_{device.type}_{suffix}.json"
 
 
-def print_table(results: list[dict], summary: list[dict]) -> None:
+def print_table(results: list[dict], summary: list[dict], impls) -> None:
     print(f"{'shape':<22} {'k':>2} {'impl':<8} {'median ms':>10} {'peak MiB':>9}  note")
     for r in results:
         median = f"{r['median_ms']:.3f}" if r["status"] == "ok" else r["status"]
@@ -279,7 +279,7 @@ def print_table(results: list[dict], summary: list[dict]) -> None:
         )
     for s in summary:
         fmt = lambda v: "-" if v is None else f"{v:.2f}x"
-        for impl in KERNEL_IMPLS:
+        for impl in (i for i in KERNEL_IMPLS if i in impls):
             name = "fused" if impl == "triton" else impl
             print(
                 f"{s['shape']} k={s['kernel_size']} {impl}: vs eager {fmt(s[f'{name}_speedup_vs_eager'])}, "
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
-    print_table(results, summary)
+    print_table(results, summary, args.impls)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out}")

@@ -161,3 +161,11 @@ def test_default_output_path_commits_only_full_gpu_runs():
     cpu_path = bench.default_out(torch.device("cpu"), smoke=True)
     assert bench.RESULTS_DIR not in cpu_path.parents and cpu_path.name == "feed_loss_cpu_smoke.json"
     assert bench.device_slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+
+
+def test_bad_arguments_are_refused(capsys):
+    assert bench.main(["--shapes", "no_such_shape", "--out", os.devnull]) == 2
+    assert "no_such_shape" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--iters", "0"])
+    assert "--iters must be >= 1" in capsys.readouterr().err
