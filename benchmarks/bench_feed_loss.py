@@ -330,8 +330,6 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     smoke = device.type != "cuda" if args.smoke is None else args.smoke
     args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 10)
-    if args.threads or (device.type == "cpu" and smoke):
-        torch.set_num_threads(args.threads or 1)
     args.iters = args.iters if args.iters is not None else (2 if smoke else 50)
     args.compile_backend = args.compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
     shapes = SMOKE_SHAPES if smoke else FULL_SHAPES
@@ -342,6 +340,8 @@ def main(argv=None) -> int:
             print(f"error: --shapes {unknown} unknown; choose from {sorted(known)}", file=sys.stderr)
             return 2
         shapes = tuple(s for s in SMOKE_SHAPES + FULL_SHAPES if s.name in args.shapes)
+    if args.threads or (device.type == "cpu" and smoke):
+        torch.set_num_threads(args.threads or 1)
 
     skip_fused = fused_skip_reason(device, smoke) if set(KERNEL_IMPLS) & set(args.impls) else None
     results = [
