@@ -7,7 +7,7 @@ key checked by `engine.config.resolve`; unknown keys, wrong types, unknown model
     model:    {name: resnet56 | wrn_28_10 | resnext29_16x64d | resnet18 (torchvision) ..., kwargs: {}}
     teachers: [{name, checkpoint: FILE | null, weights: torchvision weights name | null, kwargs: {}}, ...]
     method:   {name: baseline | kd | pfeed | sfeed, beta: 500.0, generations: 2 (sfeed),
-               feature_pool: none | adaptive, backend: auto | torch | triton,
+               feature_pool: none | adaptive, backend: auto | torch | triton | hybrid,
                translator: {width: null, final_kernel_size: 3, batch_norm: false, final_activation: true,
                             negative_slope: 0.1},
                kd: {enabled: false (adds KD to pfeed/sfeed; kd always uses it), weight: 1.0, temperature: 4.0}}

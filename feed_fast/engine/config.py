@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..validation import BACKENDS
+
 # None means "no value"; keys whose default is None accept the types in NULLABLE_TYPES.
 DEFAULTS: dict[str, Any] = {
     "model": {"name": "resnet56", "kwargs": {}},
@@ -18,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "method": {
         "name": "pfeed",
         "beta": 500.0,
-        "backend": "auto",  # FEED loss backend: auto (triton on CUDA) | torch | triton
+        "backend": "auto",  # FEED loss backend: auto (fused on CUDA) | torch | triton | hybrid
         "generations": 2,  # sfeed only
         "feature_pool": "none",  # none | adaptive: pool teacher features to the student's spatial size
         "translator": {"width": None, "final_kernel_size": 3, "batch_norm": False, "final_activation": True,
@@ -61,7 +63,7 @@ NULLABLE_TYPES = {
 }
 CHOICES = {
     ("method", "name"): ("baseline", "kd", "pfeed", "sfeed"),
-    ("method", "backend"): ("auto", "torch", "triton"),
+    ("method", "backend"): BACKENDS,
     ("method", "feature_pool"): ("none", "adaptive"),
     ("data", "dataset"): ("cifar100", "cifar10", "imagefolder", "synthetic"),
     ("schedule", "name"): ("multistep", "cosine", "constant"),

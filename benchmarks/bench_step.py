@@ -1,0 +1,207 @@
+"""Step-time breakdown of a training step (data wait, teachers, student forward, loss, backward, optimizer)
+for the student alone (baseline) and for pFEED with K teachers, through the engine's own step; reports the
+pFEED overhead over the student alone. CUDA events on a GPU, timers on the CPU. Synthetic data, random
+weights (speed does not depend on them). Speed is reported, never asserted.
+
+    python benchmarks/bench_step.py                      # GPU: ResNet-18 + 3 ResNet-34 teachers, batch 256, 224 px
+    python benchmarks/bench_step.py --preset cifar       # ResNet-56 + 3 ResNet-56, batch 128, 32 px
+    python benchmarks/bench_step.py --smoke              # tiny models, a few steps (the default on the CPU)
+
+GPU full runs write benchmarks/results/step_<preset>_<gpu>.json; others a temp file (or --out).
+On a GPU the teachers run on their own streams, so sections overlap: `step_ms` is the wall time per step,
+and the sections add up to more than it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import feed_fast
+from feed_fast.engine.api import build_loaders, configure_determinism, resolve_device
+from feed_fast.engine.config import resolve
+from feed_fast.engine.distributed import DistInfo
+from feed_fast.engine.precision import resolve_precision
+from feed_fast.engine.signals import GracefulStop
+from feed_fast.engine.timing import SECTIONS
+from feed_fast.engine.trainer import GenerationTrainer
+from feed_fast.methods import build_method
+from feed_fast.models import build_model
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
+    "imagenet": {"student": "resnet18", "teacher": "resnet34", "teachers": 3, "batch": 256, "image_size": 224,
+                 "classes": 1000, "kwargs": {}},
+    "cifar": {"student": "resnet56", "teacher": "resnet56", "teachers": 3, "batch": 128, "image_size": 32,
+              "classes": 100, "kwargs": {}},
+    "smoke": {"student": "resnet8", "teacher": "resnet8", "teachers": 3, "batch": 8, "image_size": 16,
+              "classes": 10, "kwargs": {"widths": [4, 8, 16]}},
+}
+
+
+def run_config(preset: dict, method: str, args) -> dict:
+    # teachers are built here with random weights (speed does not depend on them): the entries only name them
+    teachers = [{"name": preset["teacher"], "checkpoint": "<random init>", "kwargs": preset["kwargs"]}] * (
+        preset["teachers"] if method != "baseline" else 0)
+    return resolve({
+        "model": {"name": preset["student"], "kwargs": preset["kwargs"]},
+        "teachers": teachers,
+        "method": {"name": method, "backend": args.backend},
+        "data": {"dataset": "synthetic", "root": "", "num_classes": preset["classes"], "batch_size": preset["batch"],
+                 "image_size": preset["image_size"]},
+        "schedule": {"name": "constant", "epochs": 1, "milestones": []},
+        "train": {"device": args.device, "precision": args.precision, "channels_last": args.channels_last,
+                  "compile": args.compile, "progress": "none", "log_every": 10**9},
+    }, check_paths=False)
+
+
+def measure(method: str, preset: dict, args, device: torch.device, work_dir: Path) -> dict:
+    cfg = run_config(preset, method, args)
+    configure_determinism(cfg)
+    precision = resolve_precision(cfg["train"]["precision"], device)
+    train_loader, val_loader = build_loaders(cfg, device, 0, 1)
+    torch.manual_seed(0)
+    teachers = [] if method == "baseline" else [
+        build_model(preset["teacher"], preset["classes"], **preset["kwargs"]) for _ in range(preset["teachers"])]
+    trainer = GenerationTrainer(cfg, work_dir / method, 0, teachers, build_method(cfg["method"]), train_loader,
+                                val_loader, device, DistInfo(), precision, GracefulStop())
+    trainer.distiller.train()
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from train_loader.iter_from(epoch, 0)
+            epoch += 1
+
+    source = batches()
+    timer = trainer.timer
+    for i in range(args.warmup + args.iters):
+        if i == args.warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timer.reset()
+            start = time.perf_counter()
+        wait = time.perf_counter()
+        images, labels = next(source)
+        timer.add_ms("data_wait", (time.perf_counter() - wait) * 1e3)
+        trainer.train_step(images, labels)
+        timer.step_done()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / args.iters
+    breakdown = timer.collect()
+    return {
+        "method": method,
+        "teachers": len(teachers),
+        "step_ms": wall_ms,
+        "images_per_sec": preset["batch"] / wall_ms * 1e3,
+        "sections_ms": breakdown,
+        "sections_sum_ms": sum(breakdown.values()),
+        "precision": precision.name,
+        "channels_last": next(p for p in trainer.student.parameters() if p.dim() == 4).is_contiguous(
+            memory_format=torch.channels_last),
+        "optimizer": type(trainer.optimizer).__name__,
+        "optimizer_impl": "fused" if trainer.optimizer.defaults.get("fused") else
+        ("foreach" if trainer.optimizer.defaults.get("foreach") else "default"),
+        "feed_backend": cfg["method"]["backend"],
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "device": {"type": device.type, "name": name, "cpu_threads": torch.get_num_threads()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
+                     "cuda": torch.version.cuda, "feed_fast": feed_fast.__version__},
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: imagenet on a GPU, smoke on the CPU")
+    parser.add_argument("--smoke", action="store_true", help="the tiny preset (same as --preset smoke)")
+    parser.add_argument("--teachers", type=int, help="number of teachers (default: the preset's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
+    parser.add_argument("--methods", nargs="+", default=["baseline", "pfeed"], choices=["baseline", "kd", "pfeed"])
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10 GPU, 2 CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps (default 50 GPU, 3 CPU)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--channels-last", default="auto", type=lambda v: v if v == "auto" else v == "true",
+                        help="auto | true | false")
+    parser.add_argument("--compile", action="store_true", help="torch.compile student and teachers")
+    parser.add_argument("--backend", default="auto", help="FEED loss backend (auto | torch | triton | hybrid)")
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    name = "smoke" if args.smoke else (args.preset or ("imagenet" if gpu else "smoke"))
+    preset = dict(PRESETS[name])
+    preset["teachers"] = args.teachers or preset["teachers"]
+    preset["batch"] = args.batch or preset["batch"]
+    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    args.iters = args.iters if args.iters is not None else (50 if gpu else 3)
+    with tempfile.TemporaryDirectory() as work:
+        results = [measure(method, preset, args, device, Path(work)) for method in args.methods]
+    by_method = {r["method"]: r for r in results}
+    overhead = None
+    if "baseline" in by_method and "pfeed" in by_method:
+        overhead = by_method["pfeed"]["step_ms"] / by_method["baseline"]["step_ms"]
+    report = {
+        "benchmark": "train step breakdown",
+        **environment(device),
+        "preset": name,
+        "setting": {"student": preset["student"], "teacher": preset["teacher"], "teachers": preset["teachers"],
+                    "batch": preset["batch"], "image_shape": [3, preset["image_size"], preset["image_size"]],
+                    "input_dtype": "float32", "num_classes": preset["classes"], "warmup": args.warmup,
+                    "iters": args.iters, "compile": args.compile, "sections": list(SECTIONS)},
+        "results": results,
+        "pfeed_over_baseline_step_time": overhead,
+        "notes": "step_ms is wall time per step; sections overlap on a GPU (teachers on their own streams)",
+    }
+    out = args.out
+    if out is None:
+        slug = re.sub(r"[^a-z0-9]+", "_", report["device"]["name"].lower()).strip("_")
+        out = (RESULTS_DIR / f"step_{name}_{slug}.json" if gpu and name != "smoke" else
+               Path(tempfile.gettempdir()) / "feed_fast_bench" / f"step_{name}_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    for r in results:
+        sections = " ".join(f"{k} {v:.2f}" for k, v in r["sections_ms"].items())
+        print(f"{r['method']:8s} K={r['teachers']} step {r['step_ms']:.2f} ms ({r['images_per_sec']:.0f} img/s) "
+              f"| {sections}")
+    if overhead is not None:
+        print(f"pFEED / baseline step time: {overhead:.2f}x")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
