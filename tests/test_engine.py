@@ -40,11 +40,11 @@ def teacher_files(tmp_path_factory):
     return [str(root / "export.pt"), str(root / "plain.pt")]
 
 
-def tiny_config(method="pfeed", teachers=(), epochs=2, **sections):
+def tiny_config(method_name="pfeed", teachers=(), epochs=2, **sections):
     cfg = {
         "model": {"name": "resnet8", "kwargs": TINY},
         "teachers": [{"name": "resnet8", "checkpoint": path, "kwargs": TEACHER} for path in teachers],
-        "method": {"name": method, "backend": "torch", "generations": 2},
+        "method": {"name": method_name, "backend": "torch", "generations": 2},
         "data": {"dataset": "synthetic", "root": "", "num_classes": 5, "batch_size": 16, "eval_batch_size": 32,
                  "image_size": 16},
         "schedule": {"name": "cosine", "epochs": epochs, "milestones": []},
@@ -194,3 +194,37 @@ def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_pat
         (r["loss"], r["val"]) for r in gens[0]["history"]]
     assert_same_params(params_of(tmp_path / "straight" / "gen2" / "student.pt"),
                        params_of(tmp_path / "split" / "gen2" / "student.pt"))
+
+
+def test_pfeed_with_the_fused_backend_matches_the_torch_backend(tmp_path, teacher_files):
+    # the fused Triton op runs in the interpreter on the CPU (tests/conftest.py): same training, same numbers
+    runs = {}
+    for backend in ("torch", "triton"):
+        cfg = tiny_config("pfeed", teacher_files[:1], epochs=1, method={"backend": backend},
+                          train={"max_steps_per_epoch": 3})
+        runs[backend] = train(cfg, tmp_path / backend)["history"][0]["loss"]
+    assert runs["torch"].keys() == runs["triton"].keys()
+    for key in runs["torch"]:
+        assert runs["triton"][key] == pytest.approx(runs["torch"][key], rel=1e-4), key
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_training_on_cuda_with_streams_autocast_and_channels_last(tmp_path, teacher_files, precision):
+    cfg = tiny_config("pfeed", teacher_files, epochs=2, method={"backend": "auto", "kd": {"enabled": True}},
+                      train={"device": "cuda", "precision": precision, "channels_last": "auto"})
+    summary = train(cfg, tmp_path)
+    history = summary["history"]
+    assert history[-1]["loss"]["total"] < history[0]["loss"]["total"]
+    assert all(torch.isfinite(v).all() for v in params_of(tmp_path / "student.pt").values())
+    assert history[-1]["step_ms"]["teachers"] > 0
+
+
+@pytest.mark.gpu
+def test_resume_is_exact_on_cuda_in_deterministic_fp32(tmp_path, teacher_files):
+    cfg = tiny_config("pfeed", teacher_files, method={"backend": "torch"},
+                      train={"device": "cuda", "precision": "fp32", "deterministic": True, "channels_last": False})
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "split", max_epochs=1)
+    resume(tmp_path / "split")
+    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from feed_fast import FEEDLoss
 from feed_fast.engine.checkpoint import atomic_save, load_weights, student_export
 from feed_fast.engine.config import DEFAULTS, ConfigError, load_config, resolve
 from feed_fast.engine.optim import build_optimizer, build_scheduler, lr_factor
@@ -105,10 +106,22 @@ def test_teachers_are_frozen_and_compute_only_what_is_asked():
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     out = runner.launch(images).wait()
     assert out.logits is None and teacher.head.calls == 0  # no logits without KD
-    assert out.features[0].shape == (2, 32, 4, 4) and out.features[0].is_inference()
+    assert out.features[0].shape == (2, 32, 4, 4) and not out.features[0].requires_grad
     with_logits = TeacherRunner([teacher], torch.device("cpu"), need_features=False, need_logits=True)
     out = with_logits.launch(images).wait()
     assert out.features is None and out.logits[0].shape == (2, 5) and teacher.head.calls == 1
+
+
+def test_teacher_features_can_feed_the_fused_loss_backward():
+    # the fused op saves the teacher map for backward; inference tensors would be refused there
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 5, widths=(4, 8, 32))
+    runner = TeacherRunner([teacher], torch.device("cpu"), need_features=True, need_logits=False)
+    features = runner.launch(torch.randn(2, 3, 16, 16)).wait().features
+    student_feature = torch.randn(2, 16, 4, 4, requires_grad=True)
+    for backend in ("torch", "triton"):  # triton runs in the interpreter on the CPU (tests/conftest.py)
+        FEEDLoss(16, [32], backend=backend)(student_feature, features).total.backward()
+        assert student_feature.grad.abs().sum() > 0
 
 
 def test_feature_shape_mismatch_names_both_shapes_unless_adaptive_pooling():

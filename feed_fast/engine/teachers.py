@@ -1,6 +1,9 @@
 """Frozen teachers: loaded from a checkpoint or torchvision weights, put in eval mode with gradients off, and
 run under `torch.inference_mode()`, each on its own CUDA stream so they overlap each other and the student's
-forward. Only what the method asks for is computed: the feature map, and the logits only for KD."""
+forward. Only what the method asks for is computed: the feature map, and the logits only for KD.
+
+The outputs leave inference mode as clones: the fused FEED op saves the teacher map for its backward, which
+autograd refuses for inference tensors. Only the final maps are copied (on the teacher's stream)."""
 from __future__ import annotations
 
 import time
@@ -76,15 +79,17 @@ class TeacherRunner:
         return len(self.teachers)
 
     def _run_one(self, teacher: nn.Module, images: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        if self.need_logits:
-            feature, logits = teacher.forward_features(images)
-        else:
-            feature, logits = teacher.extract_features(images), None
-        if not self.need_features:
-            feature = None
-        elif self.pool_to is not None and tuple(feature.shape[2:]) != self.pool_to:
-            feature = F.adaptive_avg_pool2d(feature, self.pool_to)
-        return feature, logits
+        with torch.inference_mode():
+            if self.need_logits:
+                feature, logits = teacher.forward_features(images)
+            else:
+                feature, logits = teacher.extract_features(images), None
+            if not self.need_features:
+                feature = None
+            elif self.pool_to is not None and tuple(feature.shape[2:]) != self.pool_to:
+                feature = F.adaptive_avg_pool2d(feature, self.pool_to)
+        # normal tensors (no grad) that autograd may save for backward
+        return tuple(None if x is None else x.clone() for x in (feature, logits))
 
     def launch(self, images: Tensor, timer=None) -> PendingOutputs | None:
         """Start every teacher on `images`; on CUDA this returns before they finish. `timer` (a StepTimer)
@@ -98,7 +103,7 @@ class TeacherRunner:
             start.record(main)
             for teacher, stream in zip(self.teachers, self.streams):
                 stream.wait_stream(main)  # images are produced on the main stream
-                with torch.cuda.stream(stream), torch.inference_mode():
+                with torch.cuda.stream(stream):
                     feature, logit = self._run_one(teacher, images)
                     event = torch.cuda.Event(enable_timing=True)
                     event.record(stream)
@@ -112,11 +117,10 @@ class TeacherRunner:
                 timer.add_span("teachers", start, events)
         else:
             host_start = time.perf_counter()
-            with torch.inference_mode():
-                for teacher in self.teachers:
-                    feature, logit = self._run_one(teacher, images)
-                    features.append(feature)
-                    logits.append(logit)
+            for teacher in self.teachers:
+                feature, logit = self._run_one(teacher, images)
+                features.append(feature)
+                logits.append(logit)
             if timer is not None:
                 timer.add_ms("teachers", (time.perf_counter() - host_start) * 1e3)
         return PendingOutputs(features if self.need_features else None, logits if self.need_logits else None, events)
