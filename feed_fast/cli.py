@@ -1,5 +1,7 @@
-"""`feed-fast` command line. Each command group lives with the code it drives and registers itself
-here through a `register(subparsers)` function that sets `func` on its parser."""
+"""feed-fast: FEED knowledge distillation (train, eval, data check, demo).
+
+Each command group lives with the code it drives and registers itself here through a `register(subparsers)`
+function that sets `func` on its parser."""
 from __future__ import annotations
 
 import argparse

@@ -35,10 +35,22 @@ def translator_output(
     return y
 
 
+NORM_SCALE_FLOOR = 1e-30  # the kernels start their running scale here too
+
+
+def l2_normalize(x: Tensor, eps: float) -> Tensor:
+    """x / max(||x||, eps) per row, as F.normalize, but the norm is taken of x / max|x| and scaled back, so
+    large features (|x| > ~1e19 in float32) do not overflow the sum of squares into a silently wrong loss.
+    The scale is a constant for autograd: the gradient is exactly that of the plain norm."""
+    scale = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(NORM_SCALE_FLOOR)
+    norm = scale * torch.linalg.vector_norm(x / scale, dim=1, keepdim=True)
+    return x / norm.clamp_min(eps)
+
+
 def l1_of_normalized(y: Tensor, teacher: Tensor, eps: float) -> Tensor:
     """Per-sample sum_i |y/max(||y||, eps) - t/max(||t||, eps)| over the flattened C*H*W. (B,)"""
-    u = F.normalize(y.flatten(1), dim=1, eps=eps)
-    v = F.normalize(teacher.detach().to(y.dtype).flatten(1), dim=1, eps=eps)
+    u = l2_normalize(y.flatten(1), eps)
+    v = l2_normalize(teacher.detach().to(y.dtype).flatten(1), eps)
     return (u - v).abs().sum(dim=1)
 
 

@@ -27,6 +27,7 @@ import triton.language as tl
 # the low-precision dtype as on a GPU, then multiplied in float32: the same products, exactly.
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
+NORM_SCALE_FLOOR = tl.constexpr(1e-30)  # as feed_fast.reference.NORM_SCALE_FLOOR
 STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, sign(u - v)>
 
 
@@ -104,6 +105,16 @@ def _sign(x):
 
 
 @triton.jit
+def _running_sum_sq(x, scale, total):
+    """One tile's update of a running L2 norm kept as scale * sqrt(total), scale = max|x| so far (floored at
+    NORM_SCALE_FLOOR): squares of large features never overflow float32. Same math as reference.l2_normalize."""
+    new_scale = tl.maximum(scale, tl.max(tl.max(tl.abs(x), axis=1), axis=0))
+    ratio = scale / new_scale
+    xs = x / new_scale
+    return new_scale, total * ratio * ratio + tl.sum(tl.sum(xs * xs, axis=1), axis=0)
+
+
+@triton.jit
 def _clamped(norm, eps):
     # NaN-propagating max: a NaN norm must stay NaN, never become eps.
     return tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)
@@ -127,15 +138,19 @@ def _forward_one_teacher(
                          KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
         y = _activate(z, slope, HAS_ACT)
         t = _load_teacher(t_ptr, b, arange_c, arange_p, c_out, height, width, s_t[0], s_t[1], s_t[2], s_t[3])
-        norm_y = tl.sqrt(tl.sum(tl.sum(y * y, axis=1), axis=0))
-        norm_t = tl.sqrt(tl.sum(tl.sum(t * t, axis=1), axis=0))
+        scale_y, sum_y = _running_sum_sq(y, NORM_SCALE_FLOOR, 0.0)
+        scale_t, sum_t = _running_sum_sq(t, NORM_SCALE_FLOOR, 0.0)
+        norm_y = scale_y * tl.sqrt(sum_y)
+        norm_t = scale_t * tl.sqrt(sum_t)
         u = y / _clamped(norm_y, eps)
         d = u - t / _clamped(norm_t, eps)
         l1 = tl.sum(tl.sum(tl.abs(d), axis=1), axis=0)
         dot = tl.sum(tl.sum(u * _sign(d), axis=1), axis=0)
     else:
-        sq_y = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        sq_t = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        scale_y = tl.full((), NORM_SCALE_FLOOR, tl.float32)
+        scale_t = tl.full((), NORM_SCALE_FLOOR, tl.float32)
+        sum_y = tl.zeros((), dtype=tl.float32)
+        sum_t = tl.zeros((), dtype=tl.float32)
         for p0 in range(0, n_pos, BLOCK_P):
             for c0 in range(0, c_out, BLOCK_C):
                 offs_c = c0 + arange_c
@@ -146,10 +161,10 @@ def _forward_one_teacher(
                 y = _activate(z, slope, HAS_ACT)
                 t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width,
                                   s_t[0], s_t[1], s_t[2], s_t[3])
-                sq_y += tl.sum(y * y, axis=1)
-                sq_t += tl.sum(t * t, axis=1)
-        norm_y = tl.sqrt(tl.sum(sq_y, axis=0))
-        norm_t = tl.sqrt(tl.sum(sq_t, axis=0))
+                scale_y, sum_y = _running_sum_sq(y, scale_y, sum_y)
+                scale_t, sum_t = _running_sum_sq(t, scale_t, sum_t)
+        norm_y = scale_y * tl.sqrt(sum_y)
+        norm_t = scale_t * tl.sqrt(sum_t)
         inv_y = 1.0 / _clamped(norm_y, eps)
         inv_t = 1.0 / _clamped(norm_t, eps)
         acc_l1 = tl.zeros((BLOCK_C,), dtype=tl.float32)

@@ -245,3 +245,19 @@ def test_hybrid_backend_matches_float64_reference(spec, device):
     assert_close(got, ref, tol, "loss")
     for i, (g, r) in enumerate(zip(got_grads, ref_grads)):
         assert_close(g, r, tol, f"gradient {i}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", ["one_3x3", "multi_tile"])
+@pytest.mark.parametrize("magnitude", [1e19, 1e30])
+def test_huge_features_do_not_overflow_the_norm(spec, magnitude, device):
+    """Squares of |x| > ~1e19 overflow float32: a plain sum of squares would make the norm inf and the loss a
+    silently wrong finite number. Both backends scale by max|x| first and match float64."""
+    students, teachers, weights, biases = make_case(SPECS[spec], torch.float32, device, seed=17, bias=False)
+    students = [s * magnitude for s in students]
+    teachers = [t * magnitude for t in teachers]
+    expected = feed_loss([s.double() for s in students], [t.double() for t in teachers],
+                         [w.double() for w in weights], backend="torch", reduction="none")
+    for backend in ("torch", "triton"):
+        got = feed_loss(students, teachers, weights, backend=backend, reduction="none")
+        assert_close(got, expected, 1e-4, f"{backend} loss at magnitude {magnitude:g}")
