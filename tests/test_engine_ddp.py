@@ -13,6 +13,8 @@ from feed_fast.engine.checkpoint import student_export
 from feed_fast.models import build_model
 
 WORKER = textwrap.dedent("""
+    import json
+    import os
     import sys
     import torch
     import yaml
@@ -30,7 +32,9 @@ WORKER = textwrap.dedent("""
 
     GenerationTrainer.fit = fit_and_dump_parameters
     summary = train(yaml.safe_load(open(sys.argv[1])), sys.argv[2])
-    print("RESULT", summary["history"][-1]["val"]["samples"], summary["history"][-1]["loss"]["total"])
+    rank = int(os.environ["RANK"])
+    last = summary["history"][-1]
+    open(f"{sys.argv[3]}/rank{rank}.json", "w").write(json.dumps([last["val"], last["loss"]]))
 """)
 
 
@@ -69,9 +73,9 @@ def test_two_gloo_processes_stay_in_sync_and_write_once(tmp_path):
     initial = build_model("resnet8", 5, widths=(4, 8, 16)).state_dict()
     assert not torch.equal(initial["head.fc.weight"], rank0["head.fc.weight"])  # it did train
 
-    results = [line.split() for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 2 and results[0] == results[1]  # both ranks return the same reduced metrics
-    assert int(results[0][1]) == 2 * 10 * 16  # validation counts both shards (10 batches of 16 each)
+    results = [json.loads((dumps / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1]  # both ranks return the same reduced metrics
+    assert results[0][0]["samples"] == 2 * 10 * 16  # validation counts both shards (10 batches of 16 each)
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]  # written once, not once per rank

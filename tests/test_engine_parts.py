@@ -46,6 +46,8 @@ def test_defaults_are_filled_and_types_coerced():
     ({"method": {"name": "kd"}, "teachers": [{"name": "resnet8", "checkpoint": "/no/such.pt"}]},
      "teachers.0.checkpoint '/no/such.pt' does not exist"),
     ({"teachers": [{"name": "vgg99", "weights": "X"}]}, "teachers.0.name: unknown model 'vgg99'"),
+    ({"teachers": [{"name": "resnet34", "weights": "ResNet34_Weights.NOPE"}]},
+     "teachers.0.weights 'ResNet34_Weights.NOPE' is not a torchvision weights name"),
     ({"data": {"dataset": "cifar100", "root": "/no/such/dir"}}, "data.root '/no/such/dir' does not exist"),
     ({"data": {"dataset": "synthetic", "root": ""}}, "data.num_classes is required"),
     ({"method": {"name": "baseline", "translator": {"final_kernel_size": 5}}}, "final_kernel_size must be 1 or 3"),

@@ -200,6 +200,14 @@ def validate(cfg: dict, *, check_paths: bool = True) -> None:
         if t["checkpoint"] is None and t["weights"] is None:
             raise ConfigError(f"teachers.{i} ({t['name']}) needs a checkpoint (local file) or weights "
                               "(a torchvision weights name); an untrained teacher teaches nothing")
+        if t["weights"]:
+            import torchvision
+
+            try:  # resolves the name offline; the download happens when the teacher is built
+                torchvision.models.get_weight(t["weights"])
+            except (ValueError, KeyError, AttributeError):
+                raise ConfigError(f"teachers.{i}.weights {t['weights']!r} is not a torchvision weights name "
+                                  "(e.g. ResNet34_Weights.IMAGENET1K_V1)") from None
         if check_paths and t["checkpoint"] and not Path(t["checkpoint"]).is_file():
             raise ConfigError(f"teachers.{i}.checkpoint {t['checkpoint']!r} does not exist")
     if method["name"] in ("kd", "pfeed") and not cfg["teachers"]:
