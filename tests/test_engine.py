@@ -228,3 +228,16 @@ def test_resume_is_exact_on_cuda_in_deterministic_fp32(tmp_path, teacher_files):
     train(cfg, tmp_path / "split", max_epochs=1)
     resume(tmp_path / "split")
     assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+
+
+def test_adaptive_pooling_bridges_a_spatial_mismatch_when_asked(tmp_path, teacher_files):
+    # a torchvision ResNet-18 teacher has a 1x1 map at 16 px, the tiny CIFAR student 4x4
+    torch.manual_seed(0)
+    torch.save(build_model("resnet18", 5).plain_module().state_dict(), tmp_path / "r18.pt")
+    cfg = tiny_config("pfeed", epochs=1, train={"max_steps_per_epoch": 2})
+    cfg["teachers"] = [{"name": "resnet18", "checkpoint": str(tmp_path / "r18.pt")}]
+    with pytest.raises(ValueError, match=r"teacher 0 feature map is \(C, H, W\) = \(512, 1, 1\)"):
+        train(cfg, tmp_path / "strict")
+    cfg["method"]["feature_pool"] = "adaptive"
+    summary = train(cfg, tmp_path / "pooled")
+    assert "feed_0" in summary["history"][0]["loss"]

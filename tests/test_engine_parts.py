@@ -131,7 +131,7 @@ def test_feature_shape_mismatch_names_both_shapes_unless_adaptive_pooling():
     teacher = build_model("resnet18", 5)  # 512 x 1 x 1 at 16 px
     with pytest.raises(ValueError, match=r"\(512, 1, 1\).*\(16, 4, 4\).*feature_pool=adaptive"):
         check_feature_shapes(student, [teacher], 16, torch.device("cpu"), "none")
-    assert check_feature_shapes(student, [teacher], 16, torch.device("cpu"), "adaptive") == [512]
+    assert check_feature_shapes(student, [teacher], 16, torch.device("cpu"), "adaptive") == ([512], (4, 4))
     runner = TeacherRunner([teacher], torch.device("cpu"), need_features=True, need_logits=False, pool_to=(4, 4))
     assert runner.launch(torch.randn(2, 3, 64, 64)).wait().features[0].shape == (2, 512, 4, 4)
 

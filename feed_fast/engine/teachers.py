@@ -34,9 +34,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def check_feature_shapes(student: nn.Module, teachers: Sequence[nn.Module], image_size: int, device: torch.device,
-                         feature_pool: str) -> list[int]:
-    """Probe every feature tap with one image; returns the teachers' channel counts. A spatial mismatch is an
-    error naming both shapes unless `feature_pool == "adaptive"` (teacher maps pooled to the student's size)."""
+                         feature_pool: str) -> tuple[list[int], tuple[int, int]]:
+    """Probe every feature tap with one image; returns the teachers' channel counts and the student's (H, W).
+    A spatial mismatch is an error naming both shapes unless `feature_pool == "adaptive"` (then the teachers'
+    maps are pooled to the student's size)."""
     probe = torch.zeros(1, 3, image_size, image_size, device=device)
     was_training = student.training
     student.eval()
@@ -53,7 +54,7 @@ def check_feature_shapes(student: nn.Module, teachers: Sequence[nn.Module], imag
                 f"{image_size}: the spatial sizes must match; set method.feature_pool=adaptive to pool the "
                 "teacher's map to the student's size"
             )
-    return [s[0] for s in t_shapes]
+    return [s[0] for s in t_shapes], s_shape[1:]
 
 
 class PendingOutputs:

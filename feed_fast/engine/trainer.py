@@ -55,18 +55,12 @@ class GenerationTrainer:
         teachers = list(teachers)
         for teacher in teachers:
             teacher.to(device, memory_format=memory_format)
-        teacher_channels = []
+        teacher_channels, pool_to = [], None
         if teachers:
-            teacher_channels = check_feature_shapes(self.student, teachers, cfg["data"]["image_size"], device,
-                                                    cfg["method"]["feature_pool"])
+            teacher_channels, student_hw = check_feature_shapes(
+                self.student, teachers, cfg["data"]["image_size"], device, cfg["method"]["feature_pool"])
+            pool_to = student_hw if cfg["method"]["feature_pool"] == "adaptive" else None
         self.distiller = method.build(self.student, teacher_channels).to(device, memory_format=memory_format)
-        pool_to = None
-        if teachers and cfg["method"]["feature_pool"] == "adaptive":
-            with torch.inference_mode():
-                probe = torch.zeros(1, 3, cfg["data"]["image_size"], cfg["data"]["image_size"], device=device)
-                self.student.eval()
-                pool_to = tuple(self.student.extract_features(probe).shape[2:])
-                self.student.train()
         self.teachers = TeacherRunner(teachers, device, need_features=self.distiller.needs_teacher_features,
                                       need_logits=self.distiller.needs_teacher_logits, pool_to=pool_to)
         if cfg["train"]["compile"]:
