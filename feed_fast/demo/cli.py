@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .settings import DemoSettings
+from .settings import DEVICES, DemoSettings
 
 DEFAULTS = DemoSettings()
 
@@ -58,8 +58,8 @@ def register(subparsers) -> None:
                         help=f"weight of the FEED term (default {DEFAULTS.beta})")
     parser.add_argument("--seed", type=int, default=DEFAULTS.first_seed, dest="first_seed",
                         help=f"seed of the first student run (default {DEFAULTS.first_seed})")
-    parser.add_argument("--device", default=DEFAULTS.device,
-                        help="cuda, cuda:N, cpu or auto (default auto: the GPU when there is one)")
+    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES,
+                        help="default auto: the GPU when there is one, else the CPU")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default runs/demo-<date>-<time> in the current directory)")
     parser.add_argument("--cache", type=Path, default=None,

@@ -5,6 +5,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+DEVICES = ("auto", "cpu", "cuda")  # what the engine's train.device takes; auto = the GPU when there is one
+
 
 @dataclass
 class DemoSettings:
@@ -18,6 +20,8 @@ class DemoSettings:
     num_teachers: int = 3
     teacher_model: str = "resnet20"
     student_model: str = "resnet8"
+    teacher_kwargs: dict = field(default_factory=dict)  # build_model keyword arguments, e.g. {"widths": [8, 16, 32]}
+    student_kwargs: dict = field(default_factory=dict)
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
@@ -39,6 +43,8 @@ class DemoSettings:
             raise ValueError(f"teacher_epochs must be a positive integer, got {self.teacher_epochs!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.beta < 0:
@@ -60,13 +66,6 @@ class DemoSettings:
     def teacher_seeds(self) -> list[int]:
         # Kept apart from the students' seeds so a teacher never shares an initialisation stream with them.
         return [self.first_seed + 100 + k for k in range(self.num_teachers)]
-
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def run_folder(self) -> Path:
         if self.out is not None:

@@ -1,0 +1,171 @@
+"""The demo, top to bottom: digits folder -> 3 teachers -> their ensemble -> per seed, a CE-only baseline student
+and a pFEED student -> table, plot, report. Every model is trained by `feed_fast.engine.train` on the
+imagefolder loader, exactly as a user's ImageNet run would be; this module only writes the configs."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .digits import prepare_digits
+from .report import command_line, format_table, markdown_report, plot_students, versions, write_text_atomic
+from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, verdict
+from .settings import DemoSettings
+
+REPORT_FILE, PLOT_FILE, TABLE_FILE, RESULTS_FILE = "report.md", "val_top1.png", "table.txt", "results.json"
+
+
+@dataclass
+class DemoOutcome:
+    run_dir: Path
+    results: list
+    verdict: str
+    total_seconds: float
+    report: Path
+    plot: Path
+    table: str
+
+
+def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_kwargs: dict, seed: int,
+                  epochs: int, method: str, teachers: list | None = None) -> dict:
+    """One run's engine config (the nested dict of a YAML file in configs/); `settings.extra` is applied last."""
+    from ..engine.config import apply_overrides
+
+    config = {
+        "model": {"name": model, "kwargs": dict(model_kwargs)},
+        "teachers": list(teachers or []),
+        "method": {"name": method, "beta": settings.beta},
+        "data": {"dataset": "imagefolder", "root": str(data_root), "batch_size": settings.batch_size,
+                 "eval_batch_size": 256, "image_size": settings.image_size},
+        "optim": {"lr": settings.lr, "weight_decay": settings.weight_decay},
+        "schedule": {"name": "cosine", "epochs": epochs},
+        "train": {"seed": seed, "device": settings.device},
+    }
+    return apply_overrides(config, [f"{key}={value}" for key, value in settings.extra.items()])
+
+
+def result_from_summary(summary: dict, *, label: str, role: str, model: str, seed: int, seconds: float) -> RunResult:
+    per_epoch = [record["val"]["top1"] for record in summary["history"] if "val" in record]
+    return RunResult(label=label, role=role, model=model, seed=seed, val_top1=summary["final_top1"],
+                     params=summary["student_params"], images_per_sec=summary["images_per_sec"],
+                     top1_per_epoch=per_epoch, seconds=seconds, run_dir=summary["run_dir"])
+
+
+class Progress:
+    """Numbered stage lines around the engine's own per-epoch progress."""
+
+    def __init__(self, total_stages: int, write: Callable[[str], None]) -> None:
+        self.total, self.done, self.write, self.started = total_stages, 0, write, time.perf_counter()
+
+    def stage(self, text: str) -> float:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        self.write(f"\n[{self.done}/{self.total}] {text}  (demo time so far {elapsed:.0f} s)")
+        return time.perf_counter()
+
+    def finished(self, text: str, since: float) -> None:
+        self.write(f"    -> {text} in {time.perf_counter() - since:.1f} s")
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(settings: DemoSettings, *, write: Callable[[str], None] = _print) -> DemoOutcome:
+    from ..engine import train
+
+    started = time.perf_counter()
+    run_dir = settings.run_folder()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(1 + settings.num_teachers + 1 + 2 * settings.seeds, write)
+
+    since = progress.stage("preparing scikit-learn's digits as an ImageFolder of 32x32 JPEGs")
+    data = prepare_digits(settings.cache, image_size=settings.image_size, val_fraction=settings.val_fraction,
+                          seed=settings.data_seed)
+    how = "reused" if data.reused else "built"
+    progress.finished(f"{how} {data.root} ({data.counts['train']} train / {data.counts['val']} val images)", since)
+
+    results: list[RunResult] = []
+    configs: dict[str, dict] = {}
+
+    def run(label: str, role: str, name: str, config: dict, folder: Path, seed: int) -> RunResult:
+        configs[f"{label} (seed {seed})"] = config
+        begin = time.perf_counter()
+        summary = train(config, folder)
+        if summary.get("interrupted"):
+            raise KeyboardInterrupt(f"{label} was interrupted; its last.pt is in {folder}")
+        result = result_from_summary(summary, label=label, role=role, model=name, seed=seed,
+                                     seconds=time.perf_counter() - begin)
+        results.append(result)
+        return result
+
+    teacher_specs = []
+    for k, seed in enumerate(settings.teacher_seeds):
+        label = f"teacher {k + 1}"
+        since = progress.stage(f"{label}: {settings.teacher_model}, seed {seed}, "
+                               f"{settings.epochs_for_teachers} epochs, cross-entropy")
+        config = engine_config(settings, data.root, model=settings.teacher_model, model_kwargs=settings.teacher_kwargs,
+                               seed=seed, epochs=settings.epochs_for_teachers, method="baseline")
+        result = run(label, TEACHER, settings.teacher_model, config, run_dir / "teachers" / f"teacher-{k + 1}", seed)
+        teacher_specs.append({"name": settings.teacher_model, "checkpoint": str(Path(result.run_dir) / "student.pt"),
+                              "kwargs": dict(settings.teacher_kwargs)})
+        progress.finished(f"val top-1 {result.val_top1:.2f}%", since)
+
+    since = progress.stage(f"the teachers' ensemble (mean of {settings.num_teachers} softmax outputs)")
+    results.append(_ensemble_result(settings, data.root, teacher_specs, results))
+    progress.finished(f"val top-1 {results[-1].val_top1:.2f}%", since)
+
+    for seed in settings.student_seeds:
+        for role, label, method, teachers in (
+            (BASELINE, "baseline student", "baseline", None),
+            (PFEED, "pFEED student", "pfeed", teacher_specs),
+        ):
+            what = "cross-entropy only" if role == BASELINE else f"cross-entropy + FEED from {len(teacher_specs)} teachers"
+            since = progress.stage(f"{label}: {settings.student_model}, seed {seed}, {settings.epochs} epochs, {what}")
+            config = engine_config(settings, data.root, model=settings.student_model,
+                                   model_kwargs=settings.student_kwargs, seed=seed, epochs=settings.epochs,
+                                   method=method, teachers=teachers)
+            result = run(label, role, settings.student_model, config, run_dir / "students" / f"seed-{seed}" / method,
+                         seed)
+            progress.finished(f"val top-1 {result.val_top1:.2f}%", since)
+
+    return _write_outputs(settings, run_dir, results, configs, started, write)
+
+
+def _ensemble_result(settings: DemoSettings, data_root: Path, teacher_specs: list, results: list) -> RunResult:
+    from ..engine.api import resolve_device
+    from .ensemble import evaluate_ensemble
+
+    metrics = evaluate_ensemble([spec["checkpoint"] for spec in teacher_specs], str(data_root),
+                                image_size=settings.image_size, batch_size=256,
+                                device=resolve_device(settings.device))
+    teachers = [r for r in results if r.role == TEACHER]
+    return RunResult(label="teachers' ensemble", role=ENSEMBLE, model=f"{len(teachers)} x {settings.teacher_model}",
+                     seed=None, val_top1=metrics["top1"], params=sum(r.params for r in teachers))
+
+
+def _write_outputs(settings, run_dir, results, configs, started, write) -> DemoOutcome:
+    table = format_table(results)
+    plot = plot_students(results, run_dir / PLOT_FILE)
+    text_verdict = verdict(results)
+    total = time.perf_counter() - started
+    info = versions(_device_name(settings))
+    config = {"demo": settings.to_dict(), "engine runs": configs}
+    report = write_text_atomic(run_dir / REPORT_FILE, markdown_report(
+        results, config=config, version_info=info, total_seconds=total, plot_name=PLOT_FILE, command=command_line()))
+    write_text_atomic(run_dir / TABLE_FILE, table + "\n")
+    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(
+        {"results": [r.to_dict() for r in results], "verdict": text_verdict, "total_seconds": total,
+         "versions": info, "settings": settings.to_dict()}, indent=1) + "\n")
+    write("\n" + table + "\n\n" + text_verdict + "\n")
+    write(f"Total time {total:.1f} s on {info['device']}.")
+    write(f"Report: {report}\nPlot:   {plot}")
+    return DemoOutcome(run_dir, results, text_verdict, total, report, plot, table)
+
+
+def _device_name(settings: DemoSettings) -> str:
+    from ..engine.api import resolve_device
+
+    return str(resolve_device(settings.device))
