@@ -50,6 +50,7 @@ def test_defaults_are_filled_and_types_coerced():
      "teachers.0.weights 'ResNet34_Weights.NOPE' is not a torchvision weights name"),
     ({"data": {"dataset": "cifar100", "root": "/no/such/dir"}}, "data.root '/no/such/dir' does not exist"),
     ({"data": {"dataset": "synthetic", "root": ""}}, "data.num_classes is required"),
+    ({"data": {"dataset": "cifar10", "root": "", "num_classes": 3}}, "data.num_classes is for data.dataset=synth"),
     ({"method": {"name": "baseline", "translator": {"final_kernel_size": 5}}}, "final_kernel_size must be 1 or 3"),
     ({"schedule": {"milestones": [150, 100]}}, "milestones must be increasing"),
     ({"train": {"precision": "fp8"}}, "train.precision must be one of"),

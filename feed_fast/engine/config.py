@@ -229,6 +229,9 @@ def validate(cfg: dict, *, check_paths: bool = True) -> None:
     if data["dataset"] == "synthetic":
         if data["num_classes"] is None:
             raise ConfigError("data.num_classes is required for data.dataset=synthetic")
+    elif data["num_classes"] is not None:
+        raise ConfigError(f"data.num_classes is for data.dataset=synthetic only; {data['dataset']} reads its "
+                          "classes from the data")
     elif check_paths and not data["download"] and not Path(data["root"]).exists():
         raise ConfigError(f"data.root {data['root']!r} does not exist (dataset {data['dataset']}); "
                           "point data.root at the data or set data.download=true for CIFAR")

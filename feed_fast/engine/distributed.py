@@ -3,7 +3,8 @@ LOCAL_RANK): NCCL on GPUs, gloo on CPUs. A plain `python` run is a world of one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,8 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # whether setup_distributed created the process group (and so tears it down)
+    # a gloo group for host-side control messages (the stop flag), so they never sync a CUDA stream
+    control_group: Any = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +39,8 @@ def setup_distributed(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
-    return DistInfo(rank, world, local, owns)
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return DistInfo(rank, world, local, owns, control)
 
 
 def teardown_distributed(info: DistInfo) -> None:
@@ -50,6 +54,15 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when `flag` is true on any rank (a CPU all-reduce over the control group)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=info.control_group)
+    return bool(value.item() > 0)
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:

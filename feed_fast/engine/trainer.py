@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..methods import Method
 from ..models import build_model, count_parameters
 from .checkpoint import atomic_save, student_export
-from .distributed import DistInfo, all_reduce_sum, broadcast_buffers
+from .distributed import DistInfo, all_reduce_sum, any_rank, broadcast_buffers
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -207,10 +207,8 @@ class GenerationTrainer:
         }
 
     def should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
-        if self.dist.enabled:
-            flag = all_reduce_sum(flag.to(self.device), self.dist).cpu()  # every rank stops at the same step
-        return bool(flag.item() > 0)
+        """A signal on any rank stops every rank after the same step (torchrun may signal only some)."""
+        return any_rank(self.stop.requested, self.dist)
 
     def train_one_epoch(self, epoch: int, start_batch: int) -> dict | None:
         """Runs the epoch from `start_batch`; returns its statistics, or None when stopped by a signal (after
