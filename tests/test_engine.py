@@ -241,3 +241,11 @@ def test_adaptive_pooling_bridges_a_spatial_mismatch_when_asked(tmp_path, teache
     cfg["method"]["feature_pool"] = "adaptive"
     summary = train(cfg, tmp_path / "pooled")
     assert "feed_0" in summary["history"][0]["loss"]
+
+
+@pytest.mark.gpu
+def test_training_with_torch_compile_on_cuda(tmp_path, teacher_files):
+    cfg = tiny_config("pfeed", teacher_files[:1], epochs=1, train={"device": "cuda", "compile": True})
+    summary = train(cfg, tmp_path)
+    assert summary["history"][0]["loss"]["total"] > 0
+    load_student(tmp_path / "student.pt")  # the export is the plain module, not the compiled wrapper

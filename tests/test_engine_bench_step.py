@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
@@ -36,3 +37,15 @@ def test_bench_step_smoke_writes_the_breakdown(tmp_path):
         assert result["sections_ms"]["backward"] > 0 and result["sections_ms"]["student_forward"] > 0
     assert baseline["sections_ms"]["teachers"] == 0 and pfeed["sections_ms"]["teachers"] > 0
     assert report["pfeed_over_baseline_step_time"] == pfeed["step_ms"] / baseline["step_ms"]
+
+
+@pytest.mark.gpu
+def test_bench_step_on_cuda_uses_events_streams_and_fused_sgd(tmp_path):
+    out = tmp_path / "step.json"
+    assert load_bench().main(["--smoke", "--device", "cuda", "--warmup", "2", "--iters", "5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"]["type"] == "cuda"
+    for result in report["results"]:
+        assert result["optimizer_impl"] == "fused" and result["channels_last"]
+        assert result["precision"] in ("bf16", "fp16")
+    assert report["results"][1]["sections_ms"]["teachers"] > 0

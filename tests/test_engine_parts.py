@@ -183,6 +183,29 @@ def test_optimizer_is_foreach_sgd_on_cpu_with_weight_decay_on_everything_trainab
     assert len(group["params"]) == 3  # the frozen weight is left out
 
 
+def test_apex_fused_sgd_is_used_only_when_importable_and_asked_for(monkeypatch):
+    import sys
+    import types
+
+    class FakeFusedSGD(torch.optim.SGD):
+        pass
+
+    apex = types.ModuleType("apex")
+    apex.optimizers = types.SimpleNamespace(FusedSGD=FakeFusedSGD)
+    monkeypatch.setitem(sys.modules, "apex", apex)
+    monkeypatch.setitem(sys.modules, "apex.optimizers", apex.optimizers)
+    model = torch.nn.Linear(3, 3)
+    cfg = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "apex": True}
+    # the choice is made from the device type alone; the parameters stay on the CPU here
+    assert type(build_optimizer(model, cfg, torch.device("cuda"))) is FakeFusedSGD
+    assert type(build_optimizer(model, {**cfg, "apex": False}, torch.device("cuda"))) is torch.optim.SGD
+    assert type(build_optimizer(model, cfg, torch.device("cpu"))) is torch.optim.SGD  # apex is CUDA-only
+    monkeypatch.setitem(sys.modules, "apex.optimizers", None)  # not importable: torch's fused SGD, with a warning
+    with pytest.warns(UserWarning, match="apex.optimizers.FusedSGD is not importable"):
+        opt = build_optimizer(model, cfg, torch.device("cuda"))
+    assert type(opt) is torch.optim.SGD and opt.defaults["fused"]
+
+
 @pytest.mark.gpu
 def test_optimizer_is_fused_on_cuda():
     model = torch.nn.Linear(3, 3).cuda()
