@@ -29,7 +29,7 @@ def ok_config(**sections):
 def test_defaults_are_filled_and_types_coerced():
     cfg = resolve(ok_config(optim={"lr": 1}))
     assert cfg["optim"] == {**DEFAULTS["optim"], "lr": 1.0} and isinstance(cfg["optim"]["lr"], float)
-    assert cfg["method"]["translator"]["final_kernel_size"] == 3 and cfg["schedule"]["epochs"] == 200
+    assert cfg["method"]["translator"]["final_kernel_size"] == 3 and cfg["schedule"]["epochs"] == 164 and cfg["schedule"]["milestones"] == [82, 123]
     assert resolve(cfg) == cfg  # resolving a resolved config changes nothing
 
 

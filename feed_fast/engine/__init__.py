@@ -15,7 +15,7 @@ key checked by `engine.config.resolve`; unknown keys, wrong types, unknown model
                eval_batch_size: 256, image_size: 32, num_threads: 2, backend: auto, download: false,
                num_classes: null (synthetic only), skip_corrupt: false}
     optim:    {lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4, apex: false}
-    schedule: {name: multistep | cosine | constant, epochs: 200, milestones: [100, 150], gamma: 0.1,
+    schedule: {name: multistep | cosine | constant, epochs: 164, milestones: [82, 123], gamma: 0.1,
                warmup_epochs: 0, min_lr: 0.0}
     train:    {seed: 0, device: auto | cpu | cuda, precision: auto | bf16 | fp16 | fp32, channels_last: auto,
                compile: false, deterministic: false, log_every: 50, max_steps_per_epoch: null, eval_every: 1,

@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "skip_corrupt": False,
     },
     "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "apex": False},
-    "schedule": {"name": "multistep", "epochs": 200, "milestones": [100, 150], "gamma": 0.1,
+    # FT's official train_student.py: lr 0.1, x0.1 after epochs 82 and 123, its `for epoch in
+    # range(0, 163 + 1)` loop runs 164 epochs
+    "schedule": {"name": "multistep", "epochs": 164, "milestones": [82, 123], "gamma": 0.1,
                  "warmup_epochs": 0, "min_lr": 0.0},
     "train": {
         "seed": 0,
