@@ -22,11 +22,10 @@ def short_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     args = build_parser().parse_args([
         "demo", "--epochs", "3", "--teacher-model", "resnet8", "--student-model", "resnet8", "--batch-size", "32",
+        "--teacher-kwargs", "{widths: [16, 32, 64]}", "--student-kwargs", f"{{widths: {TINY}}}",
         "--device", "cpu", "--out", str(root / "run"), "--cache", str(root / "cache"),
     ])
     settings = settings_from_args(args)
-    settings.teacher_kwargs = {"widths": [16, 32, 64]}
-    settings.student_kwargs = {"widths": TINY}
     lines = []
     outcome = run_demo(settings, write=lines.append)
     return settings, outcome, "\n".join(lines)

@@ -20,6 +20,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mapping(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{widths: [8, 16, 32]}}', got {text!r}")
+    return value
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -51,6 +63,10 @@ def register(subparsers) -> None:
                         help=f"teachers' architecture (default {DEFAULTS.teacher_model})")
     parser.add_argument("--student-model", default=DEFAULTS.student_model,
                         help=f"students' architecture (default {DEFAULTS.student_model})")
+    parser.add_argument("--teacher-kwargs", type=_mapping, default={}, metavar="MAPPING",
+                        help="keyword arguments of the teachers' build_model, e.g. '{widths: [32, 64, 128]}'")
+    parser.add_argument("--student-kwargs", type=_mapping, default={}, metavar="MAPPING",
+                        help="keyword arguments of the students' build_model, e.g. '{widths: [8, 16, 32]}'")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                         help=f"default {DEFAULTS.batch_size}")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"default {DEFAULTS.lr}")
@@ -79,6 +95,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         num_teachers=args.num_teachers,
         teacher_model=args.teacher_model,
         student_model=args.student_model,
+        teacher_kwargs=args.teacher_kwargs,
+        student_kwargs=args.student_kwargs,
         batch_size=args.batch_size,
         lr=args.lr,
         beta=args.beta,
@@ -99,3 +117,37 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     outcome = run_demo(settings)
     return 0 if outcome.results else 1
+
+
+FLAGS = {  # DemoSettings field -> the flag that sets it
+    "seeds": "--seeds", "epochs": "--epochs", "teacher_epochs": "--teacher-epochs", "num_teachers": "--teachers",
+    "teacher_model": "--teacher-model", "student_model": "--student-model", "teacher_kwargs": "--teacher-kwargs",
+    "student_kwargs": "--student-kwargs", "batch_size": "--batch-size", "lr": "--lr", "beta": "--beta",
+    "first_seed": "--seed", "device": "--device", "out": "--out", "cache": "--cache",
+}
+
+
+def equivalent_command(settings: DemoSettings) -> str:
+    """The `feed-fast demo` command line that reproduces `settings` (only what differs from the defaults)."""
+    import json
+    import shlex
+
+    words = ["feed-fast", "demo"]
+    without_flag = []
+    for name, value in settings.to_dict().items():
+        default = getattr(DEFAULTS, name)
+        default = str(default) if isinstance(default, Path) else default
+        if value == default or (name == "extra" and not value):
+            continue
+        if name == "extra":
+            for key, item in value.items():
+                words += ["--set", shlex.quote(f"{key}={item}")]
+        elif name in FLAGS:
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            words += [FLAGS[name], shlex.quote(text)]
+        else:
+            without_flag.append(f"{name}={value!r}")
+    command = " ".join(words)
+    if without_flag:
+        command += "  # plus settings that have no flag: " + ", ".join(without_flag)
+    return command

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +70,7 @@ def plot_students(results: Sequence[RunResult], path: Path) -> Path:
     Uses the Agg canvas directly, so no display is needed and pyplot's global state is left alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6.4, 4.0), dpi=120)
     FigureCanvasAgg(figure)
@@ -89,6 +89,7 @@ def plot_students(results: Sequence[RunResult], path: Path) -> Path:
         axes.plot(xs, mean, color=color, linewidth=2, marker="o", markersize=3, label=label)
     for r in by_role(results, ENSEMBLE):
         axes.axhline(r.val_top1, color="gray", linestyle="--", linewidth=1, label=f"teachers' ensemble ({r.val_top1:.1f}%)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("val top-1 (%)")
     axes.set_title("digits (scikit-learn), 32x32 RGB: students' val accuracy")
@@ -175,7 +176,10 @@ def markdown_report(
         ]
     if plot_name:
         lines += [f"![val top-1 per epoch]({plot_name})", ""]
-    lines += [f"Total wall time: {total_seconds:.1f} s.", ""]
+    timed = [r for r in results if r.seconds is not None]
+    lines += [f"Total wall time: {total_seconds:.1f} s"
+              + (" (" + ", ".join(f"{r.label} seed {r.seed}: {r.seconds:.0f} s" for r in timed) + ")." if timed else "."),
+              ""]
     if command:
         lines += ["## Command", "", "```", command, "```", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
@@ -194,7 +198,3 @@ def write_text_atomic(path: Path, text: str) -> Path:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     return path
-
-
-def command_line() -> str:
-    return " ".join(["feed-fast", *sys.argv[1:]]) if sys.argv else "feed-fast demo"

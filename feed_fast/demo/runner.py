@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import equivalent_command
 from .digits import prepare_digits
-from .report import command_line, format_table, markdown_report, plot_students, versions, write_text_atomic
+from .report import format_table, markdown_report, plot_students, versions, write_text_atomic
 from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, verdict
 from .settings import DemoSettings
 
@@ -46,10 +47,17 @@ def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_
     return apply_overrides(config, [f"{key}={value}" for key, value in settings.extra.items()])
 
 
+def training_rate(history: list) -> float:
+    """Images/s over the whole run: every epoch sees the same number of images, so this is the harmonic mean
+    of the per-epoch rates (total images / total training time), first epoch's warm-up included."""
+    rates = [record["images_per_sec"] for record in history]
+    return len(rates) / sum(1.0 / r for r in rates)
+
+
 def result_from_summary(summary: dict, *, label: str, role: str, model: str, seed: int, seconds: float) -> RunResult:
     per_epoch = [record["val"]["top1"] for record in summary["history"] if "val" in record]
     return RunResult(label=label, role=role, model=model, seed=seed, val_top1=summary["final_top1"],
-                     params=summary["student_params"], images_per_sec=summary["images_per_sec"],
+                     params=summary["student_params"], images_per_sec=training_rate(summary["history"]),
                      top1_per_epoch=per_epoch, seconds=seconds, run_dir=summary["run_dir"])
 
 
@@ -154,7 +162,7 @@ def _write_outputs(settings, run_dir, results, configs, started, write) -> DemoO
     info = versions(_device_name(settings))
     config = {"demo": settings.to_dict(), "engine runs": configs}
     report = write_text_atomic(run_dir / REPORT_FILE, markdown_report(
-        results, config=config, version_info=info, total_seconds=total, plot_name=PLOT_FILE, command=command_line()))
+        results, config=config, version_info=info, total_seconds=total, plot_name=PLOT_FILE, command=equivalent_command(settings)))
     write_text_atomic(run_dir / TABLE_FILE, table + "\n")
     write_text_atomic(run_dir / RESULTS_FILE, json.dumps(
         {"results": [r.to_dict() for r in results], "verdict": text_verdict, "total_seconds": total,

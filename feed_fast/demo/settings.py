@@ -13,7 +13,7 @@ class DemoSettings:
     """Everything the demo run depends on. `epochs` is the same for both students (and the teachers unless
     `teacher_epochs` is given); student seed s is `first_seed + s` for s in range(`seeds`)."""
 
-    epochs: int = 8
+    epochs: int = 10
     teacher_epochs: int | None = None
     seeds: int = 1
     first_seed: int = 0
@@ -22,7 +22,7 @@ class DemoSettings:
     student_model: str = "resnet8"
     teacher_kwargs: dict = field(default_factory=dict)  # build_model keyword arguments, e.g. {"widths": [8, 16, 32]}
     student_kwargs: dict = field(default_factory=dict)
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 0.05
     weight_decay: float = 5e-4
     beta: float = 500.0
