@@ -1,6 +1,6 @@
 """Forward+backward time and peak memory of the FEED loss op: fused Triton kernels (backend "triton"), the
 hybrid (cuDNN head conv + fused rest, backend "hybrid"), the eager PyTorch reference and torch.compile of that
-reference, at CIFAR and ImageNet shapes, bf16 features, fp32 heads.
+reference, at CIFAR and ImageNet shapes, under bf16 autocast (bf16 features and heads, as in AMP training).
 
     python benchmarks/bench_feed_loss.py                 # GPU: full shapes -> benchmarks/results/feed_loss_<gpu>.json
     python benchmarks/bench_feed_loss.py --smoke         # tiny shapes, a few iterations (the default on CPU)
@@ -37,7 +37,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMPLS = ("triton", "hybrid", "torch", "compile")
 KERNEL_IMPLS = ("triton", "hybrid")  # the ones that need Triton (a GPU, or the interpreter in smoke runs)
 BETA, NEGATIVE_SLOPE = 500.0, 0.1  # FT's official beta; the translator head's LeakyReLU
-FEATURE_DTYPE, HEAD_DTYPE = torch.bfloat16, torch.float32  # AMP-style: bf16 features, fp32 parameters
+# AMP training: bf16 features, and heads in bf16 as autocast (and FEEDLoss under autocast) hands them over.
+# Every impl runs under bf16 autocast, so eager's convs are bf16 cuDNN convs too: one footing for all.
+FEATURE_DTYPE = HEAD_DTYPE = torch.bfloat16
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ def make_inputs(shape: ShapeSet, kernel_size: int, device: torch.device, seed: i
 
 def loss_function(impl: str, compile_backend: str) -> Callable:
     def eager(students, teachers, weights, biases, backend="torch"):
-        return feed_loss(
-            students, teachers, weights, biases, beta=BETA, negative_slope=NEGATIVE_SLOPE, backend=backend
-        )
+        with torch.autocast(students[0].device.type, dtype=FEATURE_DTYPE):
+            return feed_loss(
+                students, teachers, weights, biases, beta=BETA, negative_slope=NEGATIVE_SLOPE, backend=backend
+            )
 
     if impl in KERNEL_IMPLS:
         return lambda *inputs: eager(*inputs, backend=impl)

@@ -45,7 +45,7 @@ def test_torch_backend_training_step(benchmark, kernel_size):
     assert loss.dtype == torch.float32 and math.isfinite(loss.item()) and loss.item() > 0
     students, teachers, weights, biases = inputs
     assert [s.dtype for s in students] == [torch.bfloat16] * len(shape.teachers)
-    assert [w.dtype for w in weights] == [torch.float32] * len(shape.teachers)
+    assert [w.dtype for w in weights] == [torch.bfloat16] * len(shape.teachers)
     for x in (*students, *weights, *biases):
         assert x.grad is not None and x.grad.shape == x.shape and x.grad.abs().sum() > 0
     assert all(t.grad is None for t in teachers)
@@ -66,7 +66,7 @@ def test_full_shapes_are_the_issue_shapes():
     assert shapes["cifar"].teachers == ((64, 8, 8),) * 3
     assert shapes["imagenet"].batch == 256 and shapes["imagenet"].teachers == ((512, 7, 7),) * 3
     assert (2048, 7, 7) in shapes["imagenet_r50_teacher"].teachers
-    assert bench.FEATURE_DTYPE == torch.bfloat16 and bench.HEAD_DTYPE == torch.float32
+    assert bench.FEATURE_DTYPE == torch.bfloat16 and bench.HEAD_DTYPE == torch.bfloat16
     assert set(bench.KERNEL_SIZES) == {1, 3}
 
 
@@ -105,7 +105,7 @@ def test_smoke_run_writes_the_json_report(tmp_path):
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["python"].count(".") == 2 and "triton" in report["versions"]
     assert report["settings"]["timer"] == "perf_counter" and report["settings"]["triton_interpret"] is True
-    assert report["dtypes"]["students"] == "bfloat16" and report["dtypes"]["weights"] == "float32"
+    assert report["dtypes"]["students"] == "bfloat16" and report["dtypes"]["weights"] == "bfloat16"
     shape_names = [s["name"] for s in report["shapes"]]
     assert shape_names == [s.name for s in bench.SMOKE_SHAPES]
 
