@@ -60,7 +60,9 @@ def test_train_then_eval(tmp_path, config_file, capsys):
 @pytest.mark.parametrize(("argv_tail", "message"), [
     (["--set", "optim.lr=fast"], "optim.lr must be float"),
     (["--set", "model.name=resnet57"], "unknown model 'resnet57'"),
-    (["--set", "data.dataset=cifar100", "--set", "data.root=/no/such/dir"], "data.root '/no/such/dir' does not exist"),
+    (["--set", "data.dataset=cifar100", "--set", "data.num_classes=null", "--set", "data.root=/no/such/dir"],
+     "data.root '/no/such/dir' does not exist"),
+    (["--set", "data.dataset=cifar100"], "data.num_classes is for data.dataset=synthetic only"),
     (["--set", "method.nme=kd"], "unknown key 'method.nme'"),
 ])
 def test_config_errors_exit_2_before_any_work(tmp_path, config_file, capsys, argv_tail, message):
