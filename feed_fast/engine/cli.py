@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"feed-fast train: error: {err}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:
         print(f"feed-fast train: stopped by {summary['stopped_by']}; resume with "
               f"`feed-fast train --resume {summary['run_dir']}`", file=sys.stderr)
