@@ -15,15 +15,16 @@ from feed_fast.demo.runner import PLOT_FILE, REPORT_FILE, RESULTS_FILE, TABLE_FI
 from feed_fast.models import build_model, count_parameters
 
 TINY = [8, 16, 32]  # CIFAR ResNet widths small enough for a test, same 8x8 feature map as the full ones
+# One torch thread: on 2 busy cores, 2 OpenMP threads spinning against other processes run ~20x slower.
 
 
 @pytest.fixture(scope="module")
 def short_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     args = build_parser().parse_args([
-        "demo", "--epochs", "3", "--teacher-model", "resnet8", "--student-model", "resnet8", "--batch-size", "32",
+        "demo", "--seeds", "2", "--epochs", "3", "--teacher-model", "resnet8", "--student-model", "resnet8", "--batch-size", "32",
         "--teacher-kwargs", "{widths: [16, 32, 64]}", "--student-kwargs", f"{{widths: {TINY}}}",
-        "--device", "cpu", "--out", str(root / "run"), "--cache", str(root / "cache"),
+        "--device", "cpu", "--threads", "1", "--out", str(root / "run"), "--cache", str(root / "cache"),
     ])
     settings = settings_from_args(args)
     lines = []
@@ -34,11 +35,14 @@ def short_demo(tmp_path_factory):
 def test_every_model_is_in_the_printed_table(short_demo):
     _, outcome, printed = short_demo
     roles = [r.role for r in outcome.results]
-    assert roles == [TEACHER] * 3 + [ENSEMBLE, BASELINE, PFEED]
-    for label in ("teacher 1", "teacher 2", "teacher 3", "teachers' ensemble", "baseline student", "pFEED student"):
+    assert roles == [TEACHER] * 3 + [ENSEMBLE] + [BASELINE, PFEED] * 2  # two seeds
+    assert [r.seed for r in outcome.results if r.role == PFEED] == [0, 1]
+    for label in ("teacher 1", "teacher 2", "teacher 3", "teachers' ensemble", "baseline student (CE only) [2 seeds]",
+                  "pFEED student [2 seeds]"):
         assert label in outcome.table
     assert outcome.table in printed and outcome.verdict in printed
-    assert "[7/7]" in printed  # progress: data, 3 teachers, ensemble, 2 students
+    assert "[9/9]" in printed  # progress: data, 3 teachers, ensemble, 2 students x 2 seeds
+    assert outcome.verdict.startswith("Over 2 seeds") and " ± " in outcome.table
 
 
 def test_accuracies_are_real_and_teachers_learned(short_demo):
@@ -60,7 +64,7 @@ def test_student_parameters_are_those_of_the_deployed_model(short_demo):
     _, outcome, _ = short_demo
     expected = count_parameters(build_model("resnet8", 10, widths=TINY))
     students = [r for r in outcome.results if r.role in (BASELINE, PFEED)]
-    assert [r.params for r in students] == [expected, expected]
+    assert [r.params for r in students] == [expected] * 4
     assert f"{expected:,}" in outcome.table
 
 
@@ -72,8 +76,8 @@ def test_run_folder_has_report_plot_table_and_results(short_demo):
         assert image.format == "PNG" and image.size[0] > 100
         image.verify()
     report = (run_dir / REPORT_FILE).read_text()
-    for text in (outcome.verdict, "| pFEED student |", "## Config", "## Versions", "- torch:", "- triton:",
-                 "- device: cpu", PLOT_FILE):
+    for text in (outcome.verdict, "| pFEED student [2 seeds] |", "### Per seed", "## Config", "## Versions",
+                 "- torch:", "- triton:", "- device: cpu", PLOT_FILE):
         assert text in report
     assert (run_dir / TABLE_FILE).read_text().strip() == outcome.table
     saved = json.loads((run_dir / RESULTS_FILE).read_text())

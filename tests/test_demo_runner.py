@@ -9,7 +9,7 @@ from torch import nn
 from feed_fast.cli import build_parser
 from feed_fast.demo.cli import equivalent_command, settings_from_args
 from feed_fast.demo.ensemble import SoftmaxEnsemble
-from feed_fast.demo.runner import engine_config, training_rate
+from feed_fast.demo.runner import check_configs, engine_config, training_rate
 from feed_fast.demo.settings import DemoSettings
 from feed_fast.engine import ConfigError, resolve
 
@@ -95,3 +95,23 @@ def test_softmax_ensemble_predicts_the_mean_probability():
     torch.testing.assert_close(single, members[0](x).log_softmax(dim=1))
     with pytest.raises(ValueError, match="at least one"):
         SoftmaxEnsemble([])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"student_model": "resnet9"}, "resnet9"),
+    ({"extra": {"optim.no_such_key": "1"}}, "no_such_key"),
+    ({"student_model": "wrn_16_1", "teacher_model": "resnet20", "image_size": 24}, None),  # shapes fit: no error
+    ({"student_kwargs": {"widths": [8, 16]}}, "spatial sizes must match"),  # 2 stages: a 16x16 map
+    ({"student_kwargs": {"depth_typo": 3}}, "student-kwargs"),
+])
+def test_mistakes_fail_before_any_work(tmp_path, kwargs, message):
+    """Bad models, bad overrides, bad model arguments: errors before the data is built or anything trains."""
+    from feed_fast.demo.runner import run_demo
+
+    settings = DemoSettings(out=tmp_path / "run", cache=tmp_path / "cache", **kwargs)
+    if message is None:
+        check_configs(settings)
+        return
+    with pytest.raises(ValueError, match=message):
+        run_demo(settings, write=lambda _: None)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()

@@ -76,6 +76,9 @@ def register(subparsers) -> None:
                         help=f"seed of the first student run (default {DEFAULTS.first_seed})")
     parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES,
                         help="default auto: the GPU when there is one, else the CPU")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's, one per core); on a busy machine with few "
+                             "cores, 1 avoids OpenMP threads spinning against other processes")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default runs/demo-<date>-<time> in the current directory)")
     parser.add_argument("--cache", type=Path, default=None,
@@ -101,6 +104,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         lr=args.lr,
         beta=args.beta,
         device=args.device,
+        threads=args.threads,
         out=args.out,
         cache=args.cache,
         extra=dict(args.set),
@@ -108,22 +112,25 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .runner import run_demo
+    from .runner import DemoInterrupted, run_demo
 
     try:
         settings = settings_from_args(args)
-    except ValueError as error:
+        run_demo(settings)
+    except DemoInterrupted as stopped:
+        print(f"feed-fast demo: {stopped}", file=sys.stderr)
+        return 130
+    except ValueError as error:  # the engine's ConfigError is a ValueError: bad model names, --set keys, ...
         print(f"feed-fast demo: {error}", file=sys.stderr)
         return 2
-    outcome = run_demo(settings)
-    return 0 if outcome.results else 1
+    return 0
 
 
 FLAGS = {  # DemoSettings field -> the flag that sets it
     "seeds": "--seeds", "epochs": "--epochs", "teacher_epochs": "--teacher-epochs", "num_teachers": "--teachers",
     "teacher_model": "--teacher-model", "student_model": "--student-model", "teacher_kwargs": "--teacher-kwargs",
     "student_kwargs": "--student-kwargs", "batch_size": "--batch-size", "lr": "--lr", "beta": "--beta",
-    "first_seed": "--seed", "device": "--device", "out": "--out", "cache": "--cache",
+    "first_seed": "--seed", "device": "--device", "threads": "--threads", "out": "--out", "cache": "--cache",
 }
 
 

@@ -117,7 +117,8 @@ def versions(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         device_name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     else:
-        device_name = f"cpu ({_cpu_name()}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        device_name = f"cpu ({_cpu_name()}, {threads} torch thread{'' if threads == 1 else 's'})"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import equivalent_command
-from .digits import prepare_digits
+from .digits import NUM_CLASSES, prepare_digits
 from .report import format_table, markdown_report, plot_students, versions, write_text_atomic
 from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, verdict
 from .settings import DemoSettings
 
 REPORT_FILE, PLOT_FILE, TABLE_FILE, RESULTS_FILE = "report.md", "val_top1.png", "table.txt", "results.json"
+
+
+class DemoInterrupted(RuntimeError):
+    """A run was stopped by SIGINT/SIGTERM (the engine wrote its last.pt); the demo stops there."""
 
 
 @dataclass
@@ -45,6 +49,33 @@ def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_
         "train": {"seed": seed, "device": settings.device},
     }
     return apply_overrides(config, [f"{key}={value}" for key, value in settings.extra.items()])
+
+
+def check_configs(settings: DemoSettings) -> None:
+    """Validate every run's engine config before any work starts (models, overrides, types) and probe that the
+    teachers' feature maps fit the student's, so a mistake fails in a second and not after the teachers have
+    trained. Data and checkpoint paths are checked by the engine when each run starts."""
+    import torch
+
+    from ..engine import resolve
+    from ..engine.teachers import check_feature_shapes
+    from ..models import build_model
+
+    placeholder = Path("digits")
+    teacher = {"name": settings.teacher_model, "checkpoint": "teacher.pt", "kwargs": dict(settings.teacher_kwargs)}
+    common = {"seed": settings.first_seed, "epochs": settings.epochs}
+    resolve(engine_config(settings, placeholder, model=settings.teacher_model, model_kwargs=settings.teacher_kwargs,
+                          method="baseline", **common), check_paths=False)
+    pfeed = resolve(engine_config(settings, placeholder, model=settings.student_model,
+                                  model_kwargs=settings.student_kwargs, method="pfeed",
+                                  teachers=[teacher] * settings.num_teachers, **common), check_paths=False)
+    try:
+        student = build_model(settings.student_model, NUM_CLASSES, **settings.student_kwargs)
+        teacher_model = build_model(settings.teacher_model, NUM_CLASSES, **settings.teacher_kwargs)
+    except TypeError as error:
+        raise ValueError(f"--teacher-kwargs/--student-kwargs: {error}") from None
+    check_feature_shapes(student, [teacher_model], settings.image_size, torch.device("cpu"),
+                         pfeed["method"]["feature_pool"])
 
 
 def training_rate(history: list) -> float:
@@ -82,9 +113,23 @@ def _print(text: str) -> None:
 
 
 def run_demo(settings: DemoSettings, *, write: Callable[[str], None] = _print) -> DemoOutcome:
+    """Run the whole demo; returns the results and where the report, plot and table were written."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, write)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     from ..engine import train
 
     started = time.perf_counter()
+    check_configs(settings)
     run_dir = settings.run_folder()
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(1 + settings.num_teachers + 1 + 2 * settings.seeds, write)
@@ -103,7 +148,8 @@ def run_demo(settings: DemoSettings, *, write: Callable[[str], None] = _print) -
         begin = time.perf_counter()
         summary = train(config, folder)
         if summary.get("interrupted"):
-            raise KeyboardInterrupt(f"{label} was interrupted; its last.pt is in {folder}")
+            raise DemoInterrupted(f"{label} was stopped by {summary.get('stopped_by') or 'a signal'}; its last.pt "
+                                  f"is in {folder} (`feed-fast train --resume {folder}` continues it)")
         result = result_from_summary(summary, label=label, role=role, model=name, seed=seed,
                                      seconds=time.perf_counter() - begin)
         results.append(result)

@@ -30,6 +30,7 @@ class DemoSettings:
     val_fraction: float = 0.2
     data_seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch's CPU threads; None leaves torch's default (one per core)
     out: Path | None = None
     cache: Path | None = None
     extra: dict = field(default_factory=dict)  # engine config overrides (dotted keys), applied to every run
@@ -39,6 +40,8 @@ class DemoSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.teacher_epochs is not None and (not isinstance(self.teacher_epochs, int) or self.teacher_epochs < 1):
             raise ValueError(f"teacher_epochs must be a positive integer, got {self.teacher_epochs!r}")
         if not 0.0 < self.val_fraction < 1.0:
