@@ -18,6 +18,11 @@ SYNTHETIC_NUM_CLASSES = 1000  # ImageNet-like
 NOISE_STD = 0.5
 
 
+def class_patterns(num_classes: int, seed: int) -> torch.Tensor:
+    """Each class's coarse 4x4 colour pattern: a function of (num_classes, seed) only."""
+    return torch.randn(num_classes, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
 class SyntheticLoader(EpochLoader):
     """`num_samples_total` defaults to SYNTHETIC_BATCHES full batches for every shard."""
 
@@ -34,10 +39,12 @@ class SyntheticLoader(EpochLoader):
         if num_samples_total < 1:
             raise ValueError(f"num_samples_total must be >= 1, got {num_samples_total}")
         self._size = int(num_samples_total)
-        # Fixed per-dataset tables (not per epoch): each sample's label and each class's pattern.
-        table_generator = torch.Generator().manual_seed(self.seed)
-        self._labels = torch.randint(num_classes, (self._size,), generator=table_generator).to(self.device)
-        self._patterns = torch.randn(num_classes, 3, 4, 4, generator=table_generator).to(self.device)
+        # Fixed tables (not per epoch). The class patterns depend on the seed alone, so every split and
+        # every size of this dataset draws the same classes (a val split can be scored against train);
+        # the labels come from their own generator.
+        self._patterns = class_patterns(num_classes, self.seed).to(self.device)
+        label_generator = torch.Generator().manual_seed(self.seed + 1)
+        self._labels = torch.randint(num_classes, (self._size,), generator=label_generator).to(self.device)
         self._noise_generator = torch.Generator(self.device)
 
     @property

@@ -82,6 +82,20 @@ def test_synthetic_labels_stay_with_their_samples_and_classes_are_learnable():
     assert (means[0] - means[1]).abs().mean() > 0.2
 
 
+def test_synthetic_splits_of_different_sizes_share_their_class_patterns():
+    """A model trained on the train split must be scorable on val: the same class looks the same in both,
+    whatever the batch sizes (and so the split sizes) are."""
+    def class_means(split, batch_size):
+        loader = build_loader(None, split, batch_size, dataset="synthetic", image_size=8, num_classes=4,
+                              device="cpu", seed=3)
+        images, labels = collect(loader)
+        return torch.stack([images[labels == c].mean(0) for c in range(4)])
+
+    train, val = class_means("train", 16), class_means("val", 9)
+    distance = (train[:, None] - val[None]).abs().mean(dim=(2, 3, 4))  # (train class, val class)
+    assert torch.equal(distance.argmin(dim=1), torch.arange(4))  # each class is nearest to itself
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_synthetic_half_dtypes(dtype):
     images, labels = next(iter(build_loader(None, "val", 3, dataset="synthetic", dtype=dtype, image_size=8,
