@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from feed_fast.cli import build_parser
@@ -28,7 +29,9 @@ def short_demo(tmp_path_factory):
     ])
     settings = settings_from_args(args)
     lines = []
+    threads_before = torch.get_num_threads()
     outcome = run_demo(settings, write=lines.append)
+    assert torch.get_num_threads() == threads_before  # --threads applies to the demo only
     return settings, outcome, "\n".join(lines)
 
 

@@ -103,6 +103,8 @@ def test_softmax_ensemble_predicts_the_mean_probability():
     ({"student_model": "wrn_16_1", "teacher_model": "resnet20", "image_size": 24}, None),  # shapes fit: no error
     ({"student_kwargs": {"widths": [8, 16]}}, "spatial sizes must match"),  # 2 stages: a 16x16 map
     ({"student_kwargs": {"depth_typo": 3}}, "student-kwargs"),
+    pytest.param({"device": "cuda"}, "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")),
 ])
 def test_mistakes_fail_before_any_work(tmp_path, kwargs, message):
     """Bad models, bad overrides, bad model arguments: errors before the data is built or anything trains."""

@@ -58,9 +58,11 @@ def check_configs(settings: DemoSettings) -> None:
     import torch
 
     from ..engine import resolve
+    from ..engine.api import resolve_device
     from ..engine.teachers import check_feature_shapes
     from ..models import build_model
 
+    resolve_device(settings.device)  # --device cuda without a GPU: the engine's error, now
     placeholder = Path("digits")
     teacher = {"name": settings.teacher_model, "checkpoint": "teacher.pt", "kwargs": dict(settings.teacher_kwargs)}
     common = {"seed": settings.first_seed, "epochs": settings.epochs}
