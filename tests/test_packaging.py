@@ -16,7 +16,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Top-level dirs that ship under another name: repo dir -> path inside the wheel.
-RENAMED_PACKAGES = {"kernels": "feed_fast/kernels", "loaders": "feed_fast/loaders"}
+RENAMED_PACKAGES = {"kernels": "feed_fast/kernels", "loaders": "feed_fast/loaders", "configs": "feed_fast/configs"}
 # What a build must never see: environments, caches, stale build output, run artifacts.
 NOT_SOURCE = shutil.ignore_patterns(
     ".git",
@@ -116,7 +116,7 @@ def test_no_top_level_kernels_or_loaders_module_from_this_project(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # The wheel
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("top", ["kernels", "loaders", "feed_fast"])
+@pytest.mark.parametrize("top", ["kernels", "loaders", "configs", "feed_fast"])
 def test_wheel_contains_every_python_file(wheel, top):
     """Every .py under kernels/, loaders/ and feed_fast/ (all subpackages) lands in the wheel: a
     subpackage missing from pyproject's explicit package list fails here."""
@@ -125,6 +125,15 @@ def test_wheel_contains_every_python_file(wheel, top):
     assert expected, f"no .py files found under {top}/"
     missing = [f for f in expected if f not in names]
     assert not missing, f"missing from the wheel (add the package to [tool.setuptools] packages?): {missing}"
+
+
+def test_wheel_ships_every_config_as_feed_fast_configs(wheel):
+    """configs/*.yaml ship inside the package, so `feed-fast train NAME` works from an installed wheel."""
+    names = set(wheel.namelist())
+    configs = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml"))
+    assert configs
+    missing = [c for c in configs if f"feed_fast/configs/{c}" not in names]
+    assert not missing, f"configs missing from the wheel: {missing}"
 
 
 def test_wheel_has_no_top_level_kernels_or_loaders(wheel):

@@ -171,10 +171,23 @@ def resolve(raw: dict | None, overrides: Iterable[str] = (), *, check_paths: boo
     return cfg
 
 
+def bundled_config(name: str) -> Path | None:
+    """The YAML of that name shipped in the package (the repository's configs/, as feed_fast.configs)."""
+    from importlib import resources
+
+    stem = Path(name).name
+    candidate = resources.files("feed_fast.configs") / (stem if stem.endswith(".yaml") else f"{stem}.yaml")
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, check_paths: bool = True) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        # Not a file here: maybe a config shipped with the package, named as in configs/.
+        path = bundled_config(str(path)) or path
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (nor is it one of the configs shipped "
+                          "in feed_fast.configs)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
