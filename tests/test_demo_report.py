@@ -37,7 +37,10 @@ def test_verdict_over_seeds_reports_spread_and_only_claims_a_clear_win():
     clear = verdict(make_results([90.0, 90.5, 91.0], [94.0, 94.5, 95.0]))
     assert "3 of 3 seeds" in clear and "every seed" in clear and "94.50 ± 0.50" in clear
     mixed = verdict(make_results([90.0, 93.0, 91.0], [92.0, 91.0, 92.5]))
-    assert "2 of 3 seeds" in mixed and "does not show" in mixed
+    assert "2 of 3 seeds" in mixed and "not higher on every seed" in mixed and "does not show" in mixed
+    within = verdict(make_results([90.0, 90.1, 90.2], [91.0, 90.5, 95.0]))  # wins every seed, but noisy
+    assert "3 of 3 seeds" in within and "within the seed-to-seed spread" in within and "does not show" in within
+    assert "every seed" not in within.split("Because")[1]
     worse = verdict(make_results([93.0, 93.0], [92.0, 91.0]))
     assert "did not beat" in worse
 

@@ -114,8 +114,10 @@ def verdict(results: Sequence[RunResult]) -> str:
     elif wins == n and mean_gap > spread:
         tail = "pFEED beat the baseline on every seed, by more than the seed-to-seed spread."
     else:
-        tail = (
-            "The gap is not larger than the seed-to-seed spread or not the same sign on every seed, so this run "
-            "does not show that pFEED beat the baseline."
-        )
+        reasons = []
+        if wins < n:
+            reasons.append("it was not higher on every seed")
+        if mean_gap <= spread:
+            reasons.append(f"the mean gap is within the seed-to-seed spread (standard deviation up to {spread:.2f})")
+        tail = f"Because {' and '.join(reasons)}, this run does not show that pFEED beat the baseline."
     return f"{head} {tail}"
