@@ -117,3 +117,12 @@ def test_mistakes_fail_before_any_work(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_demo(settings, write=lambda _: None)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_command_reports_a_bad_model_and_exits_2(tmp_path, capsys):
+    from feed_fast.cli import main
+
+    code = main(["demo", "--student-model", "resnet9", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c")])
+    assert code == 2
+    assert "feed-fast demo: model.name: unknown model 'resnet9'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
