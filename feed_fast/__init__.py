@@ -4,4 +4,4 @@ from .loss import FEEDLoss, FEEDLossOutput
 from .translator import Translator
 
 __version__ = "0.1.0"
-__all__ = ["feed_loss", "FEEDLoss", "FEEDLossOutput", "Translator", "__version__"]
+__all__ = ["FEEDLoss", "FEEDLossOutput", "Translator", "__version__", "feed_loss"]

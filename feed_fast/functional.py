@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from .validation import FEEDInputs, TensorOrList, check_options, validate_inputs
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install raising at import
+    except Exception:  # noqa: BLE001 -- ImportError, or a broken install raising anything at import
         return False
     return True
 
@@ -65,12 +64,12 @@ def with_heads_run_by_torch(inputs: FEEDInputs) -> FEEDInputs:
 def feed_loss(
     students: TensorOrList,
     teachers: TensorOrList,
-    weights: Optional[TensorOrList] = None,
-    biases: Optional[TensorOrList] = None,
+    weights: TensorOrList | None = None,
+    biases: TensorOrList | None = None,
     *,
     beta: float = 1.0,
     eps: float = 1e-12,
-    negative_slope: Optional[float] = None,
+    negative_slope: float | None = None,
     reduction: str = "mean",
     backend: str = "auto",
 ) -> Tensor:

@@ -5,8 +5,6 @@ applies beta and the reduction to either, so the two backends share everything b
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -46,7 +44,7 @@ class FusedFEEDTerms(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def fused_feed_terms(inputs: FEEDInputs, *, eps: float, negative_slope: Optional[float]) -> Tensor:
+def fused_feed_terms(inputs: FEEDInputs, *, eps: float, negative_slope: float | None) -> Tensor:
     """(K, B) float32 per-sample L1 sums through the fused kernels."""
     return FusedFEEDTerms.apply(
         inputs.num_teachers,

@@ -1,7 +1,8 @@
 """FEEDLoss: K translators plus the fused FEED loss, as one module a training loop can own."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ class FEEDLoss(nn.Module):
         teacher_channels: Sequence[int],
         *,
         beta: float = 500.0,
-        width: Optional[int] = None,
+        width: int | None = None,
         final_kernel_size: int = 3,
         batch_norm: bool = False,
         final_activation: bool = True,

@@ -6,7 +6,7 @@ sum_i |u_i - v_i|. `reduce_terms` is the one place that turns it into the reques
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +15,13 @@ from torch import Tensor
 from .validation import FEEDInputs
 
 
-def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """float32 arithmetic whatever the input dtype; float64 only when a caller (a test) asks for it."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def translator_output(
-    student: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], negative_slope: Optional[float]
+    student: Tensor, weight: Tensor | None, bias: Tensor | None, negative_slope: float | None
 ) -> Tensor:
     """y = act(conv(h; W) + c), the output of a translator's last conv, in float32 (float64 for tests)."""
     dtype = compute_dtype(student, weight, bias)
@@ -54,7 +54,7 @@ def l1_of_normalized(y: Tensor, teacher: Tensor, eps: float) -> Tensor:
     return (u - v).abs().sum(dim=1)
 
 
-def feed_terms_reference(inputs: FEEDInputs, *, eps: float, negative_slope: Optional[float]) -> Tensor:
+def feed_terms_reference(inputs: FEEDInputs, *, eps: float, negative_slope: float | None) -> Tensor:
     """(K, B) per-sample L1 sums, differentiable through autograd. The teachers get no gradient."""
     rows = []
     for s, t, w, b in zip(inputs.students, inputs.teachers, inputs.weights, inputs.biases):

@@ -1,8 +1,6 @@
 """The translator (FEED's non-linear transformation layer, NTL): student feature -> teacher space."""
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 
@@ -19,7 +17,7 @@ class Translator(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        width: Optional[int] = None,
+        width: int | None = None,
         *,
         final_kernel_size: int = 3,
         batch_norm: bool = False,
@@ -46,7 +44,7 @@ class Translator(nn.Module):
         self.head = nn.Conv2d(width, out_channels, final_kernel_size, padding=final_kernel_size // 2, bias=True)
 
     @property
-    def head_slope(self) -> Optional[float]:
+    def head_slope(self) -> float | None:
         """The LeakyReLU slope after the head, or None when the head has no activation."""
         return self.negative_slope if self.final_activation else None
 

@@ -2,8 +2,8 @@
 the teacher index and the expected vs. given shape/dtype, before any kernel is launched."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "torch", "triton", "hybrid")
 KERNEL_SIZES = (1, 3)
 
-TensorOrList = Union[Tensor, Sequence[Tensor]]
+TensorOrList = Tensor | Sequence[Tensor]
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class FEEDInputs:
 
     students: tuple[Tensor, ...]
     teachers: tuple[Tensor, ...]
-    weights: tuple[Optional[Tensor], ...]
-    biases: tuple[Optional[Tensor], ...]
+    weights: tuple[Tensor | None, ...]
+    biases: tuple[Tensor | None, ...]
     kernel_sizes: tuple[int, ...]
 
     @property

@@ -318,7 +318,8 @@ def feed_grad_input_kernel(
     pid_c = tl.program_id(1)
     k = tl.program_id(2)
     for j in tl.static_range(NUM_TEACHERS):
-        if HAS_W[j]:
+        # Compile-time test first (teachers without a head conv have no input-gradient GEMM), then runtime.
+        if HAS_W[j]:  # noqa: SIM102 -- a constexpr `if` and a runtime `if` do not merge in Triton
             if k == j:
                 _grad_input_one_teacher(
                     dzs[j], ws[j], ghs[j], pid_n, pid_c, batch, c_ins[j], c_outs[j], heights[j], widths[j],

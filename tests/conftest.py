@@ -5,11 +5,11 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 try:  # Decorate the kernels now, in the mode chosen above, whatever a test later does to the environment.
-    import feed_fast.fused  # noqa: E402,F401
+    import feed_fast.fused  # noqa: F401
 except ImportError:  # no triton on this platform: the torch backend still runs
     pass
 

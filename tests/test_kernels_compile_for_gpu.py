@@ -21,7 +21,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 @pytest.mark.parametrize("arch, tensor_core_op", [(90, "wgmma"), (80, "mma_sync")])
 def test_kernels_compile_to_cubin_with_tensor_core_instructions(arch, tensor_core_op):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(PROBE), str(arch)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, str(PROBE), str(arch)], capture_output=True, text=True, env=env, check=False,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
