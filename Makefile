@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# OpenMP threads that spin-wait collapse throughput on a small, shared CPU machine; passive waiting costs little.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test bench lint clean
 
