@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-import feed_fast
 from feed_fast import feed_loss
+from feed_fast.environment import environment
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # fused kernels; cuDNN head conv + fused rest; eager reference; torch.compile of the reference
@@ -231,36 +230,6 @@ def rel_diff(value: float | None, reference: float | None) -> float | None:
 
 def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {
-        "device": {"type": device.type, "name": name, "cpu_threads": torch.get_num_threads()},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "triton": triton_version,
-            "cuda": torch.version.cuda,
-            "feed_fast": feed_fast.__version__,
-        },
-    }
 
 
 def default_out(device: torch.device, smoke: bool) -> Path:

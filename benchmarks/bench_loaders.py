@@ -30,6 +30,8 @@ import torchvision
 from feed_fast.loaders import build_loader, dali_available
 from PIL import Image
 
+from feed_fast.environment import cpu_name
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _loader_data import CLASS_PHOTOS, write_cifar
 
@@ -69,14 +71,6 @@ def time_loader(loader, warmup: int, batches: int | None, device: torch.device) 
             "images_per_s": round(images / seconds, 1) if seconds > 0 else None, "batch_shape": shape,
             "dtype": str(batch_images.dtype).replace("torch.", ""),
             "channels_last": bool(batch_images.is_contiguous(memory_format=torch.channels_last))}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def environment(device: torch.device) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-import feed_fast
 from feed_fast.engine.api import build_loaders, configure_determinism, resolve_device
 from feed_fast.engine.config import resolve
 from feed_fast.engine.distributed import DistInfo
@@ -32,6 +30,7 @@ from feed_fast.engine.precision import resolve_precision
 from feed_fast.engine.signals import GracefulStop
 from feed_fast.engine.timing import SECTIONS
 from feed_fast.engine.trainer import GenerationTrainer
+from feed_fast.environment import environment
 from feed_fast.methods import build_method
 from feed_fast.models import build_model
 
@@ -111,31 +110,6 @@ def measure(method: str, preset: dict, args, device: torch.device, work_dir: Pat
         "optimizer_impl": "fused" if trainer.optimizer.defaults.get("fused") else
         ("foreach" if trainer.optimizer.defaults.get("foreach") else "default"),
         "feed_backend": cfg["method"]["backend"],
-    }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {
-        "device": {"type": device.type, "name": name, "cpu_threads": torch.get_num_threads()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
-                     "cuda": torch.version.cuda, "feed_fast": feed_fast.__version__},
     }
 
 

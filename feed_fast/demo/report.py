@@ -8,6 +8,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..environment import cpu_name
 from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, Spread, by_role, verdict
 
 HEADERS = ("model", "architecture", "val top-1 (%)", "train images/s", "parameters")
@@ -118,7 +119,7 @@ def versions(device: str) -> dict:
         device_name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     else:
         threads = torch.get_num_threads()
-        device_name = f"cpu ({_cpu_name()}, {threads} torch thread{'' if threads == 1 else 's'})"
+        device_name = f"cpu ({cpu_name()}, {threads} torch thread{'' if threads == 1 else 's'})"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -127,16 +128,6 @@ def versions(device: str) -> dict:
         "device": device_name,
         "platform": platform.platform(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def markdown_report(

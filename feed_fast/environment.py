@@ -1,0 +1,50 @@
+"""Where a figure was measured: device and package versions, recorded by every benchmark and report."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+import feed_fast
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def optional_version(module: str) -> str | None:
+    try:
+        return __import__(module, fromlist=["__version__"]).__version__
+    except ImportError:
+        return None
+
+
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": optional_version("torchvision"),
+        "triton": optional_version("triton"),
+        "cuda": torch.version.cuda,
+        "feed_fast": feed_fast.__version__,
+    }
+
+
+def environment(device: torch.device) -> dict:
+    device = torch.device(device)
+    return {
+        "device": {"type": device.type, "name": device_name(device), "cpu_threads": torch.get_num_threads()},
+        "versions": versions(),
+    }
