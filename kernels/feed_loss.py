@@ -121,6 +121,20 @@ def _clamped(norm, eps):
 
 
 @triton.jit
+def _tile(
+    h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width, s_h, s_t, s_w,
+    KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One (channels x positions) tile of sample b: the head's pre-activation z and the teacher map t, fp32."""
+    z = _head_preact(h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
+                     s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
+                     KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+    t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width, s_t[0], s_t[1], s_t[2], s_t[3])
+    return z, t
+
+
+@triton.jit
 def _forward_one_teacher(
     h_ptr, t_ptr, w_ptr, bias_ptr, terms_ptr, stats_ptr, b, k, batch, slope, eps,
     c_in, c_out, height, width, s_h, s_t, s_w,
@@ -133,11 +147,9 @@ def _forward_one_teacher(
     arange_p = tl.arange(0, BLOCK_P)
     if SINGLE_TILE:
         # The whole sample lives in registers: one pass over memory.
-        z = _head_preact(h_ptr, w_ptr, bias_ptr, b, arange_c, arange_p, c_in, c_out, height, width,
-                         s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
-                         KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+        z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, arange_c, arange_p, c_in, c_out, height, width,
+                     s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
         y = _activate(z, slope, HAS_ACT)
-        t = _load_teacher(t_ptr, b, arange_c, arange_p, c_out, height, width, s_t[0], s_t[1], s_t[2], s_t[3])
         scale_y, sum_y = _running_sum_sq(y, NORM_SCALE_FLOOR, 0.0)
         scale_t, sum_t = _running_sum_sq(t, NORM_SCALE_FLOOR, 0.0)
         norm_y = scale_y * tl.sqrt(sum_y)
@@ -155,12 +167,9 @@ def _forward_one_teacher(
             for c0 in range(0, c_out, BLOCK_C):
                 offs_c = c0 + arange_c
                 offs_p = p0 + arange_p
-                z = _head_preact(h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                                 s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
-                                 KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
+                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
                 y = _activate(z, slope, HAS_ACT)
-                t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width,
-                                  s_t[0], s_t[1], s_t[2], s_t[3])
                 scale_y, sum_y = _running_sum_sq(y, scale_y, sum_y)
                 scale_t, sum_t = _running_sum_sq(t, scale_t, sum_t)
         norm_y = scale_y * tl.sqrt(sum_y)
@@ -173,12 +182,9 @@ def _forward_one_teacher(
             for c0 in range(0, c_out, BLOCK_C):
                 offs_c = c0 + arange_c
                 offs_p = p0 + arange_p
-                z = _head_preact(h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                                 s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
-                                 KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
+                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
                 u = _activate(z, slope, HAS_ACT) * inv_y
-                t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width,
-                                  s_t[0], s_t[1], s_t[2], s_t[3])
                 d = u - t * inv_t
                 acc_l1 += tl.sum(tl.abs(d), axis=1)
                 acc_dot += tl.sum(u * _sign(d), axis=1)
@@ -234,11 +240,9 @@ def _grad_preact_one_teacher(
         for c0 in range(0, c_out, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             offs_p = p0 + tl.arange(0, BLOCK_P)
-            z = _head_preact(h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                             s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
-                             KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+            z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
+                         s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
             u = _activate(z, slope, HAS_ACT) * inv_y
-            t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width, s_t[0], s_t[1], s_t[2], s_t[3])
             dy = g * (_sign(u - t * inv_t) - u * proj) * inv_y
             if HAS_ACT:
                 dy = tl.where(z > 0, dy, dy * slope)
