@@ -31,6 +31,21 @@ NORM_SCALE_FLOOR = tl.constexpr(1e-30)  # as feed_fast.reference.NORM_SCALE_FLOO
 STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, sign(u - v)>
 
 
+def _autotuned(kernel):
+    """On a GPU, time each config the first time a set of teacher shapes is seen and keep the fastest. Every
+    kernel here writes its outputs and never accumulates into them, so re-running a config is harmless.
+    The interpreter has no warps to tune: kernels stay plain there."""
+    if INTERPRETED:
+        return kernel
+    return triton.autotune(configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY)(kernel)
+
+
+# Register pressure is high at 4 warps (the compile probe shows ~255 registers per thread), so 8 warps is
+# the alternative; more configs would multiply the first-call compile time.
+AUTOTUNE_CONFIGS = [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)]
+AUTOTUNE_KEY = ["batch", "c_ins", "c_outs", "heights", "widths"]
+
+
 @triton.jit
 def _mma(a, b, acc, DOT_DTYPE: tl.constexpr):
     """acc + a @ b with operands rounded to DOT_DTYPE (bf16/fp16 tensor cores, or fp32) and fp32 accumulation."""
@@ -197,6 +212,7 @@ def _forward_one_teacher(
     tl.store(stats_ptr + row * 3 + 2, dot)
 
 
+@_autotuned
 @triton.jit
 def feed_forward_kernel(
     hs, ts, ws, biases, terms_ptr, stats_ptr, batch, slope, eps,
@@ -250,6 +266,7 @@ def _grad_preact_one_teacher(
             tl.store(dz_base + offs_c[:, None] * n_pos + offs_p[None, :], dy, mask=mask)
 
 
+@_autotuned
 @triton.jit
 def feed_grad_preact_kernel(
     hs, ts, ws, biases, dzs, grad_terms_ptr, stats_ptr, batch, slope, eps,
@@ -311,6 +328,7 @@ def _grad_input_one_teacher(
         tl.store(ptrs, acc.to(gh_ptr.dtype.element_ty), mask=mask_ci[:, None] & mask_n[None, :])
 
 
+@_autotuned
 @triton.jit
 def feed_grad_input_kernel(
     dzs, ws, ghs, batch, c_ins, c_outs, heights, widths, s_ws, s_ghs,
@@ -376,6 +394,7 @@ def _grad_weight_one_teacher(
             tl.store(gb_ptr + offs_ct, acc_b, mask=mask_ct)
 
 
+@_autotuned
 @triton.jit
 def feed_grad_weight_kernel(
     dzs, hs, gws, gbs, batch, c_ins, c_outs, heights, widths, s_hs, ci_tiles,
@@ -463,7 +482,6 @@ def feed_forward(students, teachers, weights, biases, kernel_sizes, negative_slo
         KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, HAS_ACT=negative_slope is not None,
         DOT_DTYPE=plan.dot_dtype, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
         SINGLE_TILE=plan.single_tile, NUM_TEACHERS=plan.num,
-        num_warps=4,
     )
     return terms, stats
 
@@ -482,7 +500,7 @@ def feed_backward(grad_terms, stats, students, teachers, weights, biases, kernel
         plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t, plan.s_w,
         KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, HAS_ACT=negative_slope is not None,
         DOT_DTYPE=plan.dot_dtype, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
-        NUM_TEACHERS=plan.num, num_warps=4,
+        NUM_TEACHERS=plan.num,
     )
 
     grad_students = []
@@ -503,7 +521,6 @@ def feed_backward(grad_terms, stats, students, teachers, weights, biases, kernel
             tuple(_strides4(g) for g in grad_students),
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype,
             BLOCK_CI=block_ci, BLOCK_N=(block_n,) * plan.num, BLOCK_K=block_k, NUM_TEACHERS=plan.num,
-            num_warps=4,
         )
 
     grad_weights = tuple(
@@ -525,7 +542,6 @@ def feed_backward(grad_terms, stats, students, teachers, weights, biases, kernel
             plan.batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, ci_tiles,
             KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, DOT_DTYPE=plan.dot_dtype,
             BLOCK_CT=block_ct, BLOCK_CI=block_ci, BLOCK_N=(64,) * plan.num, NUM_TEACHERS=plan.num,
-            num_warps=4,
         )
     return tuple(grad_students), grad_weights, grad_biases
 

@@ -51,7 +51,10 @@ class CompileOnlyLauncher:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.sink.append((self.name, self.kernel.warmup(*args, grid=grid, **kwargs)))
+            compiled = self.kernel.warmup(*args, grid=grid, **kwargs)
+            # An autotuned kernel compiles one binary per config.
+            for binary in compiled if isinstance(compiled, list) else [compiled]:
+                self.sink.append((self.name, binary))
 
         return launch
 
@@ -100,6 +103,7 @@ def main(arch: int) -> None:
             "cubin_bytes": len(kernel.asm.get("cubin", b"")),
             "wgmma": ptx.count("wgmma.mma_async"),
             "mma_sync": ptx.count("mma.sync"),
+            "num_warps": kernel.metadata.num_warps,
             "shared_bytes": kernel.metadata.shared,
             **resource_usage(kernel.asm.get("cubin", b"")),
         }))

@@ -26,6 +26,8 @@ def test_kernels_compile_to_cubin_with_tensor_core_instructions(arch, tensor_cor
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert {r["kernel"] for r in rows} == KERNELS
+    # Every autotuning config of every kernel compiles.
+    assert {(r["kernel"], r["num_warps"]) for r in rows} == {(k, w) for k in KERNELS for w in (4, 8)}
     for row in rows:
         assert row["cubin_bytes"] > 0, row
         assert row[tensor_core_op] > 0, f"{row['kernel']} has no {tensor_core_op} instruction for sm_{arch}"
