@@ -19,13 +19,7 @@ TINY = {"widths": [4, 8, 16]}
 TEACHER = {"widths": [4, 8, 32]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two threads on a shared 2-core machine oversubscribe and run 10x slower; results differ by thread count
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
