@@ -5,12 +5,18 @@
   pooling) and the logits from one forward
 - `extract_features(x) -> feature`: the tap alone, the classifier head is not computed
 - `feature_channels`: channels of the tap
-- `plain_module()`: the module whose state dict is the student export (torchvision's own model for ImageNet
-  names, so an export loads into `torchvision.models.get_model(name, num_classes=...)`)
+- `plain_module()`: the module whose state dict is the student export (torchvision's or timm's own model, so
+  an export loads into `torchvision.models.get_model(name, num_classes=...)` or
+  `timm.create_model(arch, num_classes=...)`)
 
 CIFAR names: resnet{8,14,20,32,44,56,110} (6n+2), wrn_{depth}_{k} (e.g. wrn_28_10, wrn_16_2),
-resnext29_{C}x{W}d (resnext29_8x64d, resnext29_16x64d). Anything else is looked up in torchvision
+resnext29_{C}x{W}d (resnext29_8x64d, resnext29_16x64d). `timm/<arch>[.<tag>]` (e.g. timm/resnet50.a1_in1k) is
+a timm model (optional extra feed-fast[timm]; see timm_models.py). Anything else is looked up in torchvision
 (resnet18, resnet34, resnet50, ...). Test-sized CIFAR ResNets: `widths=(4, 8, 16)`.
+
+Weights specs (`check_weights`): torchvision models take a torchvision weights name
+(ResNet34_Weights.IMAGENET1K_V1, or IMAGENET1K_V1 / DEFAULT as torchvision's builders accept); timm models take
+`pretrained`; CIFAR models take none (a checkpoint file instead).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import re
 from torch import nn
 
 from .cifar import CifarResNet, CifarResNeXt, WideResNet
+from .timm_models import TimmFeatureModel, check_timm_name, check_timm_weights, is_timm_name
 from .torchvision_models import TorchvisionFeatureModel, torchvision_model_names
 
 _RESNET = re.compile(r"^resnet(\d+)$")
@@ -33,25 +40,57 @@ def is_cifar_model(name: str) -> bool:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ValueError naming the model and the known choices when `name` cannot be built."""
+    """Raise ValueError naming the model and the known choices when `name` cannot be built (timm names: also
+    when timm is not installed). Offline: only registries are read."""
+    if is_timm_name(name):
+        check_timm_name(name)
+        return
     if isinstance(name, str) and (is_cifar_model(name) or name in torchvision_model_names()):
         return
     raise ValueError(
         f"unknown model {name!r}: expected a CIFAR model (resnet{{{','.join(map(str, CIFAR_RESNET_DEPTHS))}}}, "
-        "wrn_<depth>_<k>, resnext29_<C>x<W>d) or a torchvision classification model name "
-        "(torchvision.models.list_models())"
+        "wrn_<depth>_<k>, resnext29_<C>x<W>d), a torchvision classification model name "
+        "(torchvision.models.list_models()) or timm/<arch>[.<tag>] (with feed-fast[timm])"
     )
+
+
+def check_weights(name: str, weights: str | None) -> None:
+    """Raise ValueError when `weights` is not a weights spec model `name` can be built with (see the module
+    docstring); None (no weights) always passes. Offline: nothing is downloaded."""
+    check_model_name(name)
+    if weights is None:
+        return
+    if not isinstance(weights, str) or not weights:
+        raise ValueError(f"weights for model {name!r} must be a non-empty string, got {weights!r}")
+    if is_timm_name(name):
+        check_timm_weights(name, weights)
+        return
+    if is_cifar_model(name):
+        raise ValueError(f"weights={weights!r}: CIFAR model {name!r} has no torchvision weights; "
+                         "give a checkpoint instead")
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        enum.verify(weights)  # the rule torchvision's builders apply to a weights string
+    except (KeyError, ValueError, TypeError):
+        choices = ", ".join(f"{enum.__name__}.{w.name}" for w in enum) or "none"
+        raise ValueError(f"weights={weights!r} is not a torchvision weights name for model {name!r}; "
+                         f"choices: {choices} (or DEFAULT)") from None
 
 
 def build_model(name: str, num_classes: int, *, weights: str | None = None,
                 feature_node: str | None = None, **kw) -> nn.Module:
-    """Build a model by name (see the module docstring). `weights` (torchvision weights name such as
-    "ResNet34_Weights.IMAGENET1K_V1") downloads on first use; tests never pass it."""
-    check_model_name(name)
+    """Build a model by name (see the module docstring). `weights` (see `check_weights`) download on first use
+    (timm: unless HF_HUB_OFFLINE=1); tests never download. `kw` go to the model's constructor
+    (timm.create_model for timm names)."""
+    check_weights(name, weights)
+    if is_timm_name(name):
+        if feature_node is not None:
+            raise ValueError(f"feature_node={feature_node!r}: timm model {name!r} taps timm's forward_features; "
+                             "feature_node is for torchvision models")
+        return TimmFeatureModel(name, num_classes, weights=weights, **kw)
     if is_cifar_model(name):
-        if weights:
-            raise ValueError(f"weights={weights!r}: CIFAR model {name!r} has no torchvision weights; "
-                             "give a checkpoint instead")
         if m := _RESNET.match(name):
             return CifarResNet(int(m.group(1)), num_classes, **kw)
         if m := _WRN.match(name):
@@ -68,10 +107,12 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "CifarResNeXt",
     "CifarResNet",
+    "TimmFeatureModel",
     "TorchvisionFeatureModel",
     "WideResNet",
     "build_model",
     "check_model_name",
+    "check_weights",
     "count_parameters",
     "is_cifar_model",
 ]
