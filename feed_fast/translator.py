@@ -8,6 +8,11 @@ class Translator(nn.Module):
     """Three convs, FT's official translator shape: Conv3x3(C_in->C_in) LReLU, Conv3x3(C_in->width) LReLU,
     Conv(width->C_out, final_kernel) [LReLU]. Stride 1, "same" padding, bias.
 
+    Width rule: `width=None` means width = C_out, as in FT's official translator (its second conv already
+    maps to the output channels, its third keeps them): 64->32 has 64,640 parameters, FT's count. With
+    C_in == C_out (every shipped config: same-architecture teachers) the rule makes no difference. Pass
+    `width` to choose another middle width.
+
     The last conv (`self.head`) and its trailing activation are *not* run by `forward_body`: FEEDLoss hands
     them to the fused op, which never materialises their output. `forward` runs everything, for use
     outside the loss. BatchNorm (optional) applies to the two body convs only, so the head stays fusable.
@@ -27,10 +32,10 @@ class Translator(nn.Module):
         super().__init__()
         if final_kernel_size not in (1, 3):
             raise ValueError(f"final_kernel_size must be 1 or 3, got {final_kernel_size}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
+        width = out_channels if width is None else width
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        width = in_channels if width is None else width
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.negative_slope = negative_slope
         self.final_activation = final_activation

@@ -660,7 +660,7 @@ def test_translator_maps_student_to_teacher_channels(final_kernel_size):
 def test_translator_defaults_follow_ft():
     translator = Translator(6, 9)
     convs = [m for m in translator.modules() if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [(6, 6), (6, 6), (6, 9)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(6, 6), (6, 9), (9, 9)]  # width = out
     assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.bias is not None for c in convs)
     acts = [m for m in translator.modules() if isinstance(m, nn.LeakyReLU)]
     assert len(acts) == 2 and all(a.negative_slope == 0.1 for a in acts)
@@ -752,7 +752,8 @@ def test_feed_loss_module_defaults():
     assert module.beta == 500.0 and module.eps == 1e-12 and module.backend == "auto"
     assert len(module.translators) == 2
     assert [tr.out_channels for tr in module.translators] == [6, 2]
-    assert all(tr.width == 4 and tr.head.kernel_size == (3, 3) for tr in module.translators)
+    assert [tr.width for tr in module.translators] == [6, 2]  # width = the teacher's channels, as FT
+    assert all(tr.head.kernel_size == (3, 3) for tr in module.translators)
 
 
 def test_feed_loss_module_takes_one_tensor_for_one_teacher():
