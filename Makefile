@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,dali]'
+	$(PY) -m pip install --quiet -e '.[dev,dali,timm]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,6 +24,7 @@ first use unless HF_HUB_OFFLINE=1, in which case only the cache is read. A check
 from __future__ import annotations
 
 import difflib
+import warnings
 from types import ModuleType
 
 import torch
@@ -31,6 +32,19 @@ from torch import Tensor, nn
 
 PREFIX = "timm/"
 PRETRAINED = "pretrained"  # the one weights spec timm models take
+
+
+def normalization_mismatch(pretrained_cfg: dict) -> str | None:
+    """Why the pretrained weights expect other inputs than feed-fast's ImageNet loaders give (ImageNet
+    mean/std), or None. Some timm tags (e.g. resnet34.ra4_e3600_r224_in1k) were trained on mean = std = 0.5."""
+    from ..loaders.normalize import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)), tuple(pretrained_cfg.get("std", IMAGENET_STD))
+    expected = IMAGENET_MEAN + IMAGENET_STD
+    if len(mean + std) == len(expected) and all(abs(a - b) < 1e-3 for a, b in zip(mean + std, expected)):
+        return None
+    return (f"its weights expect inputs normalized with mean={mean}, std={std}; feed-fast's ImageNet loaders "
+            f"normalize with mean={IMAGENET_MEAN}, std={IMAGENET_STD}")
 
 
 class TimmNotInstalledError(ImportError, ValueError):
@@ -111,6 +125,8 @@ class TimmFeatureModel(nn.Module):
                     "Face cache (HF_HOME / HF_HUB_CACHE) and are downloaded on first use unless HF_HUB_OFFLINE=1; "
                     "fill the cache on a machine with network access, or give a checkpoint file instead"
                 ) from err
+            if note := normalization_mismatch(self.net.pretrained_cfg):
+                warnings.warn(f"timm model {name!r}: {note}", stacklevel=2)
         else:
             self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
         self.name = name
