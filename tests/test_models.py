@@ -1,10 +1,10 @@
 """Models: feature taps (shape, position before pooling), logits from the same forward, name errors, the
-torchvision wrapper's export loading into torchvision's own class. Tiny inputs only."""
+torchvision wrapper's export loading into torchvision's own class, weights specs. Tiny inputs only."""
 import pytest
 import torch
 import torchvision
 
-from feed_fast.models import build_model, check_model_name, count_parameters
+from feed_fast.models import build_model, check_model_name, check_weights, count_parameters
 
 CIFAR_TAPS = [  # name, kwargs, expected (C, H, W) of the tap at 32x32
     ("resnet20", {}, (64, 8, 8)),
@@ -67,3 +67,20 @@ def test_unknown_model_names_raise_a_clear_error():
         build_model("wrn_27_2", 10)
     with pytest.raises(ValueError, match="no torchvision weights"):
         build_model("resnet56", 10, weights="X")
+
+
+def test_check_weights_follows_torchvision_builders_rule():
+    check_weights("resnet18", None)
+    for spec in ("ResNet18_Weights.IMAGENET1K_V1", "IMAGENET1K_V1", "DEFAULT"):  # what get_model accepts
+        check_weights("resnet18", spec)
+    with pytest.raises(ValueError, match=r"not a torchvision weights name for model 'resnet18'; "
+                                         r"choices: ResNet18_Weights.IMAGENET1K_V1"):
+        check_weights("resnet18", "ResNet34_Weights.IMAGENET1K_V1")  # another model's weights
+    with pytest.raises(ValueError, match="not a torchvision weights name"):
+        check_weights("resnet34", "nope")
+    with pytest.raises(ValueError, match="must be a non-empty string"):
+        check_weights("resnet34", "")
+    with pytest.raises(ValueError, match="no torchvision weights; give a checkpoint"):
+        check_weights("wrn_16_2", "DEFAULT")
+    with pytest.raises(ValueError, match="unknown model 'resnet57'"):
+        check_weights("resnet57", None)
