@@ -122,6 +122,41 @@ def test_checkpoint_loads_through_the_teacher_path(tmp_path):
     torch.testing.assert_close(teacher.eval().forward_features(x)[0], trained.forward_features(x)[0])
 
 
+@needs_timm
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pfeed_run_with_timm_teacher_and_student_exports_a_plain_timm_model(tmp_path, capsys):
+    """`feed-fast train` end to end: a timm ResNet teacher from a checkpoint teaches a timm ConvNeXt student
+    (64 -> 96 channels: the translator's width rule at work), and the export loads into timm.create_model."""
+    import timm
+
+    from feed_fast.cli import main
+
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save(build_model("timm/test_resnet.r160_in1k", 5).plain_module().state_dict(), teacher_file)
+    config = {
+        "model": {"name": "timm/test_convnext.r160_in1k"},
+        "teachers": [{"name": "timm/test_resnet.r160_in1k", "checkpoint": str(teacher_file)}],
+        "method": {"name": "pfeed"},
+        "data": {"dataset": "synthetic", "root": "", "num_classes": 5, "batch_size": 8, "eval_batch_size": 16,
+                 "image_size": 64},
+        "schedule": {"name": "cosine", "epochs": 1, "milestones": []},
+        "optim": {"lr": 0.05},
+        "train": {"device": "cpu", "progress": "lines", "log_every": 5, "max_steps_per_epoch": 3},
+    }
+    path = tmp_path / "timm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    assert "feed_0=" in capsys.readouterr().err  # the FEED term ran
+    export = torch.load(tmp_path / "run" / "student.pt", map_location="cpu", weights_only=True)
+    plain = timm.create_model("test_convnext.r160_in1k", num_classes=5)
+    plain.load_state_dict(export["state_dict"])  # strict: no translator keys, nothing missing
+    student = build_model("timm/test_convnext.r160_in1k", 5)
+    student.plain_module().load_state_dict(export["state_dict"])
+    x = x64()
+    torch.testing.assert_close(plain.eval()(x), student.eval()(x))
+
+
 def fake_hub_cache(root, repo_id: str, state: dict) -> None:
     """A Hugging Face hub cache holding `state` as the repo's model.safetensors, as a download would leave it."""
     from safetensors.torch import save_file
