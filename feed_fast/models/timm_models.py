@@ -10,8 +10,10 @@ CNN families:
   its final ReLU (2048x7x7 for ResNet-50 at 224 px), the same map as torchvision's `layer4`.
 - ConvNeXt: the last stage's output, a residual sum with no activation after it (768x7x7 for convnext_tiny);
   the head's LayerNorm comes after pooling, as in torchvision's `features`.
-- EfficientNet / MobileNet: after the final 1x1 conv, its BatchNorm and activation (1280x7x7 for
-  efficientnet_b0), as torchvision's `features`.
+- EfficientNet / MobileNetV2 (timm's EfficientNet class): after the final 1x1 conv, its BatchNorm and
+  activation (1280x7x7 for efficientnet_b0), as torchvision's `features`.
+- MobileNetV3: the last block's output (960x7x7 for mobilenetv3_large_100); its 1x1 head conv comes after
+  pooling, as in torchvision's `features`.
 Models whose `forward_features` is not an (N, C, H, W) map with C = `num_features` (ViT tokens, Swin's
 channels-last maps) are refused with an error when built.
 
