@@ -14,6 +14,7 @@ and the sections add up to more than it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -23,16 +24,14 @@ from pathlib import Path
 
 import torch
 
-from feed_fast.engine.api import build_loaders, configure_determinism, resolve_device
-from feed_fast.engine.config import resolve
-from feed_fast.engine.distributed import DistInfo
-from feed_fast.engine.precision import resolve_precision
-from feed_fast.engine.signals import GracefulStop
-from feed_fast.engine.timing import SECTIONS
-from feed_fast.engine.trainer import GenerationTrainer
+from feed_fast.config import RunConfig
+from feed_fast.engine.data import build_loaders
+from feed_fast.engine.step import TrainStep
 from feed_fast.environment import environment
-from feed_fast.methods import build_method
+from feed_fast.methods import METHODS, build_method
 from feed_fast.models import build_model
+from feed_fast.runtime import DEVICES, PRECISIONS, open_runtime, resolve_device
+from feed_fast.runtime.timing import SECTIONS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
@@ -45,11 +44,11 @@ PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
 }
 
 
-def run_config(preset: dict, method: str, args) -> dict:
+def run_config(preset: dict, method: str, args) -> RunConfig:
     # teachers are built here with random weights (speed does not depend on them): the entries only name them
     teachers = [{"name": preset["teacher"], "checkpoint": "<random init>", "kwargs": preset["kwargs"]}] * (
         preset["teachers"] if method != "baseline" else 0)
-    return resolve({
+    return RunConfig.from_dict({
         "model": {"name": preset["student"], "kwargs": preset["kwargs"]},
         "teachers": teachers,
         "method": {"name": method, "backend": args.backend},
@@ -61,56 +60,51 @@ def run_config(preset: dict, method: str, args) -> dict:
     }, check_paths=False)
 
 
-def measure(method: str, preset: dict, args, device: torch.device, work_dir: Path) -> dict:
+def endless(loader):
+    epoch = 0
+    while True:
+        yield from loader.iter_from(epoch, 0)
+        epoch += 1
+
+
+def measure(method: str, preset: dict, args) -> dict:
+    """The engine's own step (TrainStep, as the trainer assembles it), `warmup` untimed then `iters` timed steps."""
     cfg = run_config(preset, method, args)
-    configure_determinism(cfg)
-    precision = resolve_precision(cfg["train"]["precision"], device)
-    train_loader, val_loader = build_loaders(cfg, device, 0, 1)
-    torch.manual_seed(0)
-    teachers = [] if method == "baseline" else [
-        build_model(preset["teacher"], preset["classes"], **preset["kwargs"]) for _ in range(preset["teachers"])]
-    trainer = GenerationTrainer(cfg, work_dir / method, 0, teachers, build_method(cfg["method"]), train_loader,
-                                val_loader, device, DistInfo(), precision, GracefulStop())
-    trainer.distiller.train()
-
-    def batches():
-        epoch = 0
-        while True:
-            yield from train_loader.iter_from(epoch, 0)
-            epoch += 1
-
-    source = batches()
-    timer = trainer.timer
-    for i in range(args.warmup + args.iters):
-        if i == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timer.reset()
-            start = time.perf_counter()
-        wait = time.perf_counter()
-        images, labels = next(source)
-        timer.add_ms("data_wait", (time.perf_counter() - wait) * 1e3)
-        trainer.train_step(images, labels)
-        timer.step_done()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - start) * 1e3 / args.iters
-    breakdown = timer.collect()
-    return {
-        "method": method,
-        "teachers": len(teachers),
-        "step_ms": wall_ms,
-        "images_per_sec": preset["batch"] / wall_ms * 1e3,
-        "sections_ms": breakdown,
-        "sections_sum_ms": sum(breakdown.values()),
-        "precision": precision.name,
-        "channels_last": next(p for p in trainer.student.parameters() if p.dim() == 4).is_contiguous(
-            memory_format=torch.channels_last),
-        "optimizer": type(trainer.optimizer).__name__,
-        "optimizer_impl": "fused" if trainer.optimizer.defaults.get("fused") else
-        ("foreach" if trainer.optimizer.defaults.get("foreach") else "default"),
-        "feed_backend": cfg["method"]["backend"],
-    }
+    with open_runtime(cfg.train, handle_signals=False) as runtime:
+        loaders = build_loaders(cfg, runtime)
+        torch.manual_seed(0)
+        teachers = [build_model(t.name, preset["classes"], **t.kwargs) for t in cfg.teachers]
+        step = TrainStep.from_config(cfg, runtime, build_method(cfg.method), teachers,
+                                     num_classes=loaders.train.num_classes, image_size=loaders.train.image_size,
+                                     steps_per_epoch=len(loaders.train), seed=cfg.train.seed)
+        step.distiller.train()
+        batches = step.timed(endless(loaders.train))
+        for images, labels in itertools.islice(batches, args.warmup):
+            step(images, labels)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        step.timer.reset()
+        start = time.perf_counter()
+        for images, labels in itertools.islice(batches, args.iters):
+            step(images, labels)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3 / args.iters
+        breakdown = step.timer.collect()
+        return {
+            "method": method,
+            "teachers": len(teachers),
+            "step_ms": wall_ms,
+            "images_per_sec": preset["batch"] / wall_ms * 1e3,
+            "sections_ms": breakdown,
+            "sections_sum_ms": sum(breakdown.values()),
+            "precision": runtime.precision.name,
+            "channels_last": runtime.channels_last,
+            "optimizer": type(step.optimizer).__name__,
+            "optimizer_impl": "fused" if step.optimizer.defaults.get("fused") else
+            ("foreach" if step.optimizer.defaults.get("foreach") else "default"),
+            "feed_backend": cfg.method.backend,
+        }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,11 +113,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="the tiny preset (same as --preset smoke)")
     parser.add_argument("--teachers", type=int, help="number of teachers (default: the preset's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--methods", nargs="+", default=["baseline", "pfeed"], choices=["baseline", "kd", "pfeed"])
+    parser.add_argument("--methods", nargs="+", default=["baseline", "pfeed"],
+                        choices=[m for m in METHODS if m != "sfeed"])  # sfeed's step is pfeed's
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10 GPU, 2 CPU)")
     parser.add_argument("--iters", type=int, default=None, help="timed steps (default 50 GPU, 3 CPU)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--channels-last", default="auto", type=lambda v: v if v == "auto" else v == "true",
                         help="auto | true | false")
     parser.add_argument("--compile", action="store_true", help="torch.compile student and teachers")
@@ -142,8 +137,7 @@ def main(argv=None) -> int:
     preset["batch"] = args.batch or preset["batch"]
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
     args.iters = args.iters if args.iters is not None else (50 if gpu else 3)
-    with tempfile.TemporaryDirectory() as work:
-        results = [measure(method, preset, args, device, Path(work)) for method in args.methods]
+    results = [measure(method, preset, args) for method in args.methods]
     by_method = {r["method"]: r for r in results}
     overhead = None
     if "baseline" in by_method and "pfeed" in by_method:

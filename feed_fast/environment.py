@@ -1,4 +1,5 @@
-"""Where a figure was measured: device and package versions, recorded by every benchmark and report."""
+"""Where a figure was measured: device and package versions, recorded by every benchmark and report (the
+benchmarks' JSON takes `environment`, the demo's markdown report `environment_summary`, the same facts flat)."""
 from __future__ import annotations
 
 import platform
@@ -22,6 +23,15 @@ def cpu_name() -> str:
 def device_name(device: torch.device) -> str:
     device = torch.device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def device_label(device: torch.device) -> str:
+    """One line for people: `cuda:0 (NVIDIA H100 80GB HBM3)` or `cpu (<model>, 2 torch threads)`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({cpu_name()}, {threads} torch thread{'' if threads == 1 else 's'})"
 
 
 def optional_version(module: str) -> str | None:
@@ -48,3 +58,8 @@ def environment(device: torch.device) -> dict:
         "device": {"type": device.type, "name": device_name(device), "cpu_threads": torch.get_num_threads()},
         "versions": versions(),
     }
+
+
+def environment_summary(device: torch.device) -> dict:
+    """The same record flat, one entry per line of a report: the versions, the device label and the platform."""
+    return {**versions(), "device": device_label(device), "platform": platform.platform()}

@@ -1,26 +1,19 @@
-"""Epoch bookkeeping every loader shares: length, epoch counter, resume point, device and dtype.
-A backend only says how to turn one epoch's batches of sample indices into tensors."""
+"""Epoch bookkeeping every loader shares: length, epoch counter, resume point, device, dtype, memory format and
+image size. A backend only says how to turn one epoch's batches of sample indices into tensors, and what its
+dataset's native image size is. The device and the memory format are the runtime's decision
+(`feed_fast.runtime`): a loader receives them, and only falls back to the runtime's default policy when the
+caller does not say."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
 
+from ..runtime.device import memory_format_for, resolve_device
 from . import sampling
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def resolve_device(device: None | str | torch.device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} was asked for, but CUDA is not available here")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -28,11 +21,6 @@ def resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {OUTPUT_DTYPES} (or None for float32), got {dtype}")
     return dtype
-
-
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """Channels-last on CUDA, where cuDNN's NHWC kernels (tensor cores) want it; plain NCHW on the CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 class EpochLoader:
@@ -44,14 +32,22 @@ class EpochLoader:
     order an uninterrupted run would have had; the iteration after it runs epoch + 1.
     """
 
-    def __init__(self, *, split: str, batch_size: int, image_size: int, num_classes: int, device, dtype,
-                 seed: int, shard_id: int, num_shards: int, drop_last: bool | None):
+    native_image_size: int  # the dataset's own size: what image_size=None gives
+
+    def __init__(self, *, split: str, batch_size: int, image_size: int | None, num_classes: int, device, dtype,
+                 seed: int, shard_id: int, num_shards: int, drop_last: bool | None,
+                 memory_format: torch.memory_format | None = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val' ('test' maps to 'val'), got {split!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        image_size = self.native_image_size if image_size is None else image_size
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be an int >= 1 (or None for the dataset's native "
+                             f"{self.native_image_size}), got {image_size!r}")
+        if memory_format not in (None, torch.channels_last, torch.contiguous_format):
+            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format (or None for "
+                             f"the runtime's default on the device), got {memory_format}")
         sampling.check_sharding(shard_id, num_shards)
         self.split = split
         self.train = split == "train"
@@ -60,7 +56,7 @@ class EpochLoader:
         self.num_classes = num_classes
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.memory_format = memory_format_for(self.device)
+        self.memory_format = memory_format if memory_format is not None else memory_format_for(self.device)
         self.seed = seed
         self.shard_id = shard_id
         self.num_shards = num_shards
@@ -118,4 +114,5 @@ class EpochLoader:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(split={self.split!r}, batches={len(self)}, batch_size={self.batch_size}, "
                 f"samples={self.num_samples}, classes={self.num_classes}, image_size={self.image_size}, "
-                f"device={self.device}, dtype={self.dtype}, shard={self.shard_id}/{self.num_shards})")
+                f"device={self.device}, dtype={self.dtype}, memory_format={self.memory_format}, "
+                f"shard={self.shard_id}/{self.num_shards})")

@@ -18,12 +18,17 @@ def dali_available() -> bool:
 
 
 def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefolder", backend: str = "auto",
-                 image_size: int = 224, device: None | str | torch.device = None, num_threads: int = 2,
+                 image_size: int | None = None, device: None | str | torch.device = None, num_threads: int = 2,
                  seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool | None = None,
                  dtype: torch.dtype | None = None, skip_corrupt: bool = False, download: bool = False,
-                 num_classes: int | None = None) -> EpochLoader:
+                 num_classes: int | None = None, memory_format: torch.memory_format | None = None) -> EpochLoader:
     """An iterable with len() of (images (B, 3, H, W) normalized float, labels int64) on `device`
-    (default: CUDA if available, else CPU), channels-last on CUDA. See the README's "Input pipelines".
+    (default: CUDA if available, else CPU). See the README's "Input pipelines".
+
+    image_size: output pixels per side; None means the dataset's native size (CIFAR 32, image folders 224,
+    synthetic 224), so `build_loader(root, "val", 128, dataset="cifar100")` serves 32x32 CIFAR images.
+    memory_format: torch.channels_last or torch.contiguous_format, as the runtime decided for the model
+    (`feed_fast.runtime.memory_format_for`); None takes the runtime's default: channels-last on CUDA.
 
     split: "train" (shuffled each epoch, augmented, short last batch dropped unless drop_last=False) or
     "val" ("test" is the same; fixed order, every sample exactly once across shards).
@@ -36,7 +41,7 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     split = "val" if split == "test" else split
     common = {"image_size": image_size, "device": device, "dtype": dtype, "seed": seed, "shard_id": shard_id,
-                  "num_shards": num_shards, "drop_last": drop_last}
+              "num_shards": num_shards, "drop_last": drop_last, "memory_format": memory_format}
     if dataset != "synthetic" and num_classes is not None:
         raise ValueError(f"num_classes is only for dataset='synthetic'; {dataset!r} reads its classes from the data")
     loader = _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,

@@ -75,6 +75,7 @@ def crop_flip_indices(batch: int, generator: torch.Generator, device) -> tuple[t
 
 class CifarLoader(EpochLoader):
     indices_on_device = True
+    native_image_size = CIFAR_SIZE
 
     def __init__(self, root: str, split: str, batch_size: int, *, dataset: str = "cifar100",
                  download: bool = False, **common):

@@ -12,6 +12,7 @@ import torch
 from .base import EpochLoader
 from .integrity import report_corrupt
 
+FOLDER_IMAGE_SIZE = 224  # ImageNet's training size: the native size of an image folder (image_size=None)
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -59,6 +60,8 @@ def scan_split(split_dir: str) -> FolderIndex:
 class FolderLoader(EpochLoader):
     """Batch boundaries come from the full file index, so a broken file left out (skip_corrupt) only
     makes its own batch one shorter: the epoch's other batches, its length and resume points stay put."""
+
+    native_image_size = FOLDER_IMAGE_SIZE
 
     def __init__(self, root, split: str, batch_size: int, *, skip_corrupt: bool, num_threads: int, **common):
         if root is None:

@@ -15,6 +15,7 @@ from .base import Batch, EpochLoader
 
 SYNTHETIC_BATCHES = 10  # default epoch length, in batches per shard
 SYNTHETIC_NUM_CLASSES = 1000  # ImageNet-like
+SYNTHETIC_IMAGE_SIZE = 224  # ImageNet-like too: the native size, what image_size=None gives
 NOISE_STD = 0.5
 
 
@@ -27,6 +28,7 @@ class SyntheticLoader(EpochLoader):
     """`num_samples_total` defaults to SYNTHETIC_BATCHES full batches for every shard."""
 
     indices_on_device = True
+    native_image_size = SYNTHETIC_IMAGE_SIZE
 
     def __init__(self, split: str, batch_size: int, *, num_classes: int | None = None,
                  num_samples_total: int | None = None, **common):

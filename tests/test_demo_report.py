@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from feed_fast.demo.report import format_table, markdown_report, plot_students, table_rows, versions
+from feed_fast.demo.report import format_table, markdown_report, plot_students, table_rows
 from feed_fast.demo.results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, Spread, verdict
+from feed_fast.environment import environment_summary
 
 
 def make_results(baseline_top1, pfeed_top1, epochs=3):
@@ -80,7 +81,7 @@ def test_plot_is_a_valid_png(tmp_path):
 
 
 def test_markdown_report_has_table_config_versions_and_plot():
-    info = versions("cpu")
+    info = environment_summary("cpu")
     assert set(info) >= {"python", "torch", "torchvision", "triton", "device"}
     text = markdown_report(make_results([95.0], [93.5]), config={"epochs": 3}, version_info=info,
                            total_seconds=12.5, plot_name="val_top1.png")

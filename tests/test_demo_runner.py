@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from feed_fast.cli import build_parser
-from feed_fast.demo.cli import equivalent_command, settings_from_args
+from feed_fast.demo.cli import settings_from_args
 from feed_fast.demo.ensemble import SoftmaxEnsemble
 from feed_fast.demo.runner import check_configs, engine_config, training_rate
-from feed_fast.demo.settings import DemoSettings
-from feed_fast.engine import ConfigError, resolve
+from feed_fast.demo.settings import DemoSettings, equivalent_command
+from feed_fast.engine import ConfigError, RunConfig
 
 
 def test_demo_command_parses_into_settings(tmp_path):
@@ -58,24 +58,25 @@ def test_engine_configs_are_valid_engine_configs(tmp_path):
     checkpoint = tmp_path / "student.pt"
     checkpoint.write_bytes(b"")
     teachers = [{"name": "resnet20", "checkpoint": str(checkpoint), "kwargs": {}}] * 3
-    pfeed = resolve(engine_config(settings, tmp_path, model="resnet8", model_kwargs={}, seed=1, epochs=3,
-                                  method="pfeed", teachers=teachers))
-    assert pfeed["method"]["name"] == "pfeed" and pfeed["method"]["beta"] == 250.0 and len(pfeed["teachers"]) == 3
-    assert pfeed["data"]["dataset"] == "imagefolder" and pfeed["data"]["root"] == str(tmp_path)
-    assert pfeed["schedule"]["epochs"] == 3 and pfeed["train"]["seed"] == 1 and pfeed["train"]["log_every"] == 7
-    baseline = resolve(engine_config(settings, tmp_path, model="resnet8", model_kwargs={"widths": [8, 16, 32]},
-                                     seed=1, epochs=3, method="baseline"))
+    pfeed = RunConfig.from_dict(engine_config(settings, tmp_path, model="resnet8", model_kwargs={}, seed=1, epochs=3,
+                                              method="pfeed", teachers=teachers))
+    assert pfeed.method.name == "pfeed" and pfeed.method.beta == 250.0 and len(pfeed.teachers) == 3
+    assert pfeed.data.dataset == "imagefolder" and pfeed.data.root == str(tmp_path)
+    assert pfeed.schedule.epochs == 3 and pfeed.train.seed == 1 and pfeed.train.log_every == 7
+    baseline = RunConfig.from_dict(engine_config(settings, tmp_path, model="resnet8",
+                                                 model_kwargs={"widths": [8, 16, 32]}, seed=1, epochs=3,
+                                                 method="baseline"))
     # Apart from the method and its teachers, the two students' runs are configured identically.
     for key in ("data", "optim", "schedule", "train"):
-        assert baseline[key] == pfeed[key], key
-    assert baseline["model"]["kwargs"] == {"widths": [8, 16, 32]}
+        assert getattr(baseline, key) == getattr(pfeed, key), key
+    assert baseline.model.kwargs == {"widths": [8, 16, 32]}
 
 
 def test_an_unknown_override_is_the_engines_config_error(tmp_path):
     settings = DemoSettings(extra={"train.no_such_key": "1"})
     with pytest.raises(ConfigError, match="no_such_key"):
-        resolve(engine_config(settings, tmp_path, model="resnet8", model_kwargs={}, seed=0, epochs=1,
-                              method="baseline"))
+        RunConfig.from_dict(engine_config(settings, tmp_path, model="resnet8", model_kwargs={}, seed=0, epochs=1,
+                                          method="baseline"))
 
 
 def test_training_rate_is_total_images_over_total_time():

@@ -1,19 +1,21 @@
 """Engine parts in isolation: config validation (clear errors before any work), frozen teachers that compute
 only what is asked, feature-shape checks, optimizer choice, schedules, precision, atomic checkpoints, timers.
 GPU-only paths (streams, fused SGD, fp16 + GradScaler) have `gpu` tests beside their CPU twins."""
+import dataclasses
 import os
 
 import pytest
 import torch
 
 from feed_fast import FEEDLoss
-from feed_fast.engine.checkpoint import atomic_save, load_weights, student_export
-from feed_fast.engine.config import DEFAULTS, ConfigError, load_config, resolve
+from feed_fast.atomic_files import atomic_save
+from feed_fast.config import ConfigError, OptimConfig, RunConfig, ScheduleConfig, TeacherConfig, load_config
+from feed_fast.engine.checkpoint import load_weights, student_export
 from feed_fast.engine.optim import build_optimizer, build_scheduler, lr_factor
-from feed_fast.engine.precision import resolve_precision
 from feed_fast.engine.teachers import TeacherRunner, check_feature_shapes, load_teacher
-from feed_fast.engine.timing import SECTIONS, StepTimer
 from feed_fast.models import build_model
+from feed_fast.runtime import resolve_precision
+from feed_fast.runtime.timing import SECTIONS, StepTimer
 
 TINY = {"widths": [4, 8, 16]}
 SYNTHETIC = {"dataset": "synthetic", "root": "", "num_classes": 5}
@@ -27,10 +29,10 @@ def ok_config(**sections):
 
 # --- config ------------------------------------------------------------------------------------------
 def test_defaults_are_filled_and_types_coerced():
-    cfg = resolve(ok_config(optim={"lr": 1}))
-    assert cfg["optim"] == {**DEFAULTS["optim"], "lr": 1.0} and isinstance(cfg["optim"]["lr"], float)
-    assert cfg["method"]["translator"]["final_kernel_size"] == 3 and cfg["schedule"]["epochs"] == 164 and cfg["schedule"]["milestones"] == [82, 123]
-    assert resolve(cfg) == cfg  # resolving a resolved config changes nothing
+    cfg = RunConfig.from_dict(ok_config(optim={"lr": 1}))
+    assert cfg.optim == dataclasses.replace(OptimConfig(), lr=1.0) and isinstance(cfg.optim.lr, float)
+    assert cfg.method.translator.final_kernel_size == 3 and cfg.schedule.epochs == 164 and cfg.schedule.milestones == [82, 123]
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg  # resolving a resolved config changes nothing
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -58,7 +60,7 @@ def test_defaults_are_filled_and_types_coerced():
 ])
 def test_config_errors_are_clear(change, message):
     with pytest.raises(ConfigError, match=message):
-        resolve(ok_config(**change))
+        RunConfig.from_dict(ok_config(**change))
 
 
 def test_yaml_loading_and_overrides(tmp_path):
@@ -66,8 +68,8 @@ def test_yaml_loading_and_overrides(tmp_path):
     path.write_text("model: {name: resnet8, kwargs: {widths: [4, 8, 16]}}\nmethod: {name: baseline}\n"
                     "data: {dataset: synthetic, root: '', num_classes: 5}\n")
     cfg = load_config(path, ["optim.lr=0.05", "schedule.milestones=[1, 2]", "train.max_steps_per_epoch=3"])
-    assert cfg["optim"]["lr"] == 0.05 and cfg["schedule"]["milestones"] == [1, 2]
-    assert cfg["train"]["max_steps_per_epoch"] == 3
+    assert cfg.optim.lr == 0.05 and cfg.schedule.milestones == [1, 2]
+    assert cfg.train.max_steps_per_epoch == 3
     with pytest.raises(ConfigError, match="--set expects key=value"):
         load_config(path, ["optim.lr"])
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
@@ -86,7 +88,7 @@ def test_shipped_configs_are_valid():
             "imagenet_resnet18_pfeed.yaml"} <= set(names)
     for name in names:
         cfg = load_config(os.path.join(root, name), check_paths=False)
-        assert cfg["optim"]["momentum"] == 0.9, name
+        assert cfg.optim.momentum == 0.9, name
 
 
 # --- teachers ----------------------------------------------------------------------------------------
@@ -143,8 +145,8 @@ def test_teacher_loads_torchvision_state_dict_and_our_export(tmp_path):
 
     plain = torchvision.models.resnet18(num_classes=5)
     torch.save(plain.state_dict(), tmp_path / "tv.pt")
-    teacher = load_teacher({"name": "resnet18", "checkpoint": str(tmp_path / "tv.pt"), "weights": None,
-                            "kwargs": {}}, 5)
+    teacher = load_teacher(TeacherConfig(name="resnet18", checkpoint=str(tmp_path / "tv.pt"), weights=None,
+                                         kwargs={}), 5)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(teacher.eval()(x), plain.eval()(x))
     cifar = build_model("resnet8", 5, **TINY)
@@ -177,7 +179,7 @@ def test_optimizer_is_foreach_sgd_on_cpu_with_weight_decay_on_everything_trainab
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
     model[1].weight.requires_grad_(False)
     cfg = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "apex": True}
-    opt = build_optimizer(model, cfg, torch.device("cpu"))  # apex is for CUDA only: plain torch SGD here
+    opt = build_optimizer(model, OptimConfig(**cfg), torch.device("cpu"))  # apex is for CUDA only: plain torch SGD here
     group = opt.param_groups[0]
     assert group["foreach"] and not group.get("fused") and group["nesterov"] and group["weight_decay"] == 5e-4
     assert len(group["params"]) == 3  # the frozen weight is left out
@@ -197,12 +199,12 @@ def test_apex_fused_sgd_is_used_only_when_importable_and_asked_for(monkeypatch):
     model = torch.nn.Linear(3, 3)
     cfg = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "apex": True}
     # the choice is made from the device type alone; the parameters stay on the CPU here
-    assert type(build_optimizer(model, cfg, torch.device("cuda"))) is FakeFusedSGD
-    assert type(build_optimizer(model, {**cfg, "apex": False}, torch.device("cuda"))) is torch.optim.SGD
-    assert type(build_optimizer(model, cfg, torch.device("cpu"))) is torch.optim.SGD  # apex is CUDA-only
+    assert type(build_optimizer(model, OptimConfig(**cfg), torch.device("cuda"))) is FakeFusedSGD
+    assert type(build_optimizer(model, OptimConfig(**{**cfg, "apex": False}), torch.device("cuda"))) is torch.optim.SGD
+    assert type(build_optimizer(model, OptimConfig(**cfg), torch.device("cpu"))) is torch.optim.SGD  # apex is CUDA-only
     monkeypatch.setitem(sys.modules, "apex.optimizers", None)  # not importable: torch's fused SGD, with a warning
     with pytest.warns(UserWarning, match="apex.optimizers.FusedSGD is not importable"):
-        opt = build_optimizer(model, cfg, torch.device("cuda"))
+        opt = build_optimizer(model, OptimConfig(**cfg), torch.device("cuda"))
     assert type(opt) is torch.optim.SGD and opt.defaults["fused"]
 
 
@@ -210,20 +212,20 @@ def test_apex_fused_sgd_is_used_only_when_importable_and_asked_for(monkeypatch):
 def test_optimizer_is_fused_on_cuda():
     model = torch.nn.Linear(3, 3).cuda()
     cfg = {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "apex": False}
-    assert build_optimizer(model, cfg, torch.device("cuda")).param_groups[0]["fused"]
+    assert build_optimizer(model, OptimConfig(**cfg), torch.device("cuda")).param_groups[0]["fused"]
 
 
 def test_schedules_per_iteration():
-    multistep = {"name": "multistep", "epochs": 10, "milestones": [2, 4], "gamma": 0.1, "warmup_epochs": 0,
-                 "min_lr": 0.0}
+    multistep = ScheduleConfig(name="multistep", epochs=10, milestones=[2, 4], gamma=0.1, warmup_epochs=0,
+                               min_lr=0.0)
     assert [lr_factor(s, 10, multistep) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
-    cosine = {**multistep, "name": "cosine", "warmup_epochs": 1}
+    cosine = dataclasses.replace(multistep, name="cosine", warmup_epochs=1)
     assert lr_factor(0, 10, cosine) == pytest.approx(0.1)  # linear warmup over the first epoch
     assert lr_factor(9, 10, cosine) == pytest.approx(1.0)
     assert lr_factor(55, 10, cosine) == pytest.approx(0.5)  # halfway through the cosine part
     assert lr_factor(100, 10, cosine) == pytest.approx(0.0, abs=1e-12)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
-    sched = build_scheduler(opt, 10, {**cosine, "min_lr": 0.01}, 0.2)
+    sched = build_scheduler(opt, 10, dataclasses.replace(cosine, min_lr=0.01), 0.2)
     for _ in range(100):
         opt.step()
         sched.step()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from _loader_data import write_cifar
 from feed_fast.loaders import build_loader, sampling
-from feed_fast.loaders.base import memory_format_for
 from feed_fast.loaders.normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+from feed_fast.runtime import memory_format_for
 
 
 def collect(batches):

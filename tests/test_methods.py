@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from feed_fast import FEEDLoss
+from feed_fast.config import MethodConfig
+from feed_fast.config.parse import from_mapping
 from feed_fast.methods import KD, PFEED, Baseline, TeacherOutputs, build_method
 from feed_fast.methods.losses import hinton_kd
 from feed_fast.models import build_model
@@ -28,7 +30,7 @@ def method_cfg(name, **kw):
                           "negative_slope": 0.1},
            "kd": {"enabled": False, "weight": 1.0, "temperature": 4.0}}
     cfg.update(kw)
-    return cfg
+    return from_mapping(MethodConfig, cfg, "method")
 
 
 def batch(seed=0):

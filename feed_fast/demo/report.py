@@ -1,14 +1,12 @@
 """The demo's outputs: the results table (printed and in markdown), the per-epoch plot of the two students and
-the markdown report with the config and the versions it ran with."""
+the markdown report with the config and the versions it ran with (`feed_fast.environment`)."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..environment import cpu_name
+from ..atomic_files import atomic_write
 from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, Spread, by_role, verdict
 
 HEADERS = ("model", "architecture", "val top-1 (%)", "train images/s", "parameters")
@@ -97,37 +95,7 @@ def plot_students(results: Sequence[RunResult], path: Path) -> Path:
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    figure.savefig(temporary, format="png")
-    os.replace(temporary, path)
-    return path
-
-
-def versions(device: str) -> dict:
-    """Python, torch, torchvision, triton and the device the demo ran on."""
-    import torch
-    import torchvision
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        device_name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    else:
-        threads = torch.get_num_threads()
-        device_name = f"cpu ({cpu_name()}, {threads} torch thread{'' if threads == 1 else 's'})"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "triton": triton_version,
-        "device": device_name,
-        "platform": platform.platform(),
-    }
+    return atomic_write(lambda file: figure.savefig(file, format="png"), path)
 
 
 def markdown_report(
@@ -175,18 +143,8 @@ def markdown_report(
     if command:
         lines += ["## Command", "", "```", command, "```", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
-    lines += ["## Versions", ""] + [f"- {name}: {value}" for name, value in version_info.items()] + [""]
+    lines += ["## Versions", ""] + [f"- {name}: {'not installed' if value is None else value}"
+                                    for name, value in version_info.items()] + [""]
     lines += ["## Runs", ""]
     lines += [f"- {r.label} (seed {r.seed}): `{r.run_dir}`" for r in results if r.run_dir]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path

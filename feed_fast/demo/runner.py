@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import equivalent_command
+from ..atomic_files import atomic_write_text
 from .digits import NUM_CLASSES, prepare_digits
-from .report import format_table, markdown_report, plot_students, versions, write_text_atomic
+from .report import format_table, markdown_report, plot_students
 from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, verdict
-from .settings import DemoSettings
+from .settings import DemoSettings, equivalent_command
 
 REPORT_FILE, PLOT_FILE, TABLE_FILE, RESULTS_FILE = "report.md", "val_top1.png", "table.txt", "results.json"
 
@@ -36,7 +36,7 @@ class DemoOutcome:
 def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_kwargs: dict, seed: int,
                   epochs: int, method: str, teachers: list | None = None) -> dict:
     """One run's engine config (the nested dict of a YAML file in configs/); `settings.extra` is applied last."""
-    from ..engine.config import apply_overrides
+    from ..config import apply_overrides
 
     config = {
         "model": {"name": model, "kwargs": dict(model_kwargs)},
@@ -52,32 +52,32 @@ def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_
 
 
 def check_configs(settings: DemoSettings) -> None:
-    """Validate every run's engine config before any work starts (models, overrides, types) and probe that the
-    teachers' feature maps fit the student's, so a mistake fails in a second and not after the teachers have
-    trained. Data and checkpoint paths are checked by the engine when each run starts."""
+    """Validate every run's engine config before any work starts (models, overrides, types, the device) and probe
+    that the teachers' feature maps fit the student's, so a mistake fails in a second and not after the teachers
+    have trained. Data and checkpoint paths are checked by the engine when each run starts."""
     import torch
 
-    from ..engine import resolve
-    from ..engine.api import resolve_device
+    from ..config import RunConfig
     from ..engine.teachers import check_feature_shapes
     from ..models import build_model
 
-    resolve_device(settings.device)  # --device cuda without a GPU: the engine's error, now
     placeholder = Path("digits")
     teacher = {"name": settings.teacher_model, "checkpoint": "teacher.pt", "kwargs": dict(settings.teacher_kwargs)}
     common = {"seed": settings.first_seed, "epochs": settings.epochs}
-    resolve(engine_config(settings, placeholder, model=settings.teacher_model, model_kwargs=settings.teacher_kwargs,
-                          method="baseline", **common), check_paths=False)
-    pfeed = resolve(engine_config(settings, placeholder, model=settings.student_model,
-                                  model_kwargs=settings.student_kwargs, method="pfeed",
-                                  teachers=[teacher] * settings.num_teachers, **common), check_paths=False)
+    RunConfig.from_dict(engine_config(settings, placeholder, model=settings.teacher_model,
+                                      model_kwargs=settings.teacher_kwargs, method="baseline", **common),
+                        check_paths=False)
+    pfeed = RunConfig.from_dict(engine_config(settings, placeholder, model=settings.student_model,
+                                              model_kwargs=settings.student_kwargs, method="pfeed",
+                                              teachers=[teacher] * settings.num_teachers, **common),
+                                check_paths=False)
     try:
         student = build_model(settings.student_model, NUM_CLASSES, **settings.student_kwargs)
         teacher_model = build_model(settings.teacher_model, NUM_CLASSES, **settings.teacher_kwargs)
     except TypeError as error:
         raise ValueError(f"--teacher-kwargs/--student-kwargs: {error}") from None
     check_feature_shapes(student, [teacher_model], settings.image_size, torch.device("cpu"),
-                         pfeed["method"]["feature_pool"])
+                         pfeed.method.feature_pool)
 
 
 def training_rate(history: list) -> float:
@@ -94,7 +94,7 @@ def result_from_summary(summary: dict, *, label: str, role: str, model: str, see
                      top1_per_epoch=per_epoch, seconds=seconds, run_dir=summary["run_dir"])
 
 
-class Progress:
+class StageProgress:
     """Numbered stage lines around the engine's own per-epoch progress."""
 
     def __init__(self, total_stages: int, write: Callable[[str], None]) -> None:
@@ -134,7 +134,7 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     check_configs(settings)
     run_dir = settings.run_folder()
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(1 + settings.num_teachers + 1 + 2 * settings.seeds, write)
+    progress = StageProgress(1 + settings.num_teachers + 1 + 2 * settings.seeds, write)
 
     since = progress.stage("preparing scikit-learn's digits as an ImageFolder of 32x32 JPEGs")
     data = prepare_digits(settings.cache, image_size=settings.image_size, val_fraction=settings.val_fraction,
@@ -191,7 +191,7 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
 
 
 def _ensemble_result(settings: DemoSettings, data_root: Path, teacher_specs: list, results: list) -> RunResult:
-    from ..engine.api import resolve_device
+    from ..runtime import resolve_device
     from .ensemble import evaluate_ensemble
 
     metrics = evaluate_ensemble([spec["checkpoint"] for spec in teacher_specs], str(data_root),
@@ -203,25 +203,23 @@ def _ensemble_result(settings: DemoSettings, data_root: Path, teacher_specs: lis
 
 
 def _write_outputs(settings, run_dir, results, configs, started, write) -> DemoOutcome:
+    from ..environment import environment_summary
+    from ..runtime import resolve_device
+
     table = format_table(results)
     plot = plot_students(results, run_dir / PLOT_FILE)
     text_verdict = verdict(results)
     total = time.perf_counter() - started
-    info = versions(_device_name(settings))
+    info = environment_summary(resolve_device(settings.device))
     config = {"demo": settings.to_dict(), "engine runs": configs}
-    report = write_text_atomic(run_dir / REPORT_FILE, markdown_report(
-        results, config=config, version_info=info, total_seconds=total, plot_name=PLOT_FILE, command=equivalent_command(settings)))
-    write_text_atomic(run_dir / TABLE_FILE, table + "\n")
-    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(
+    report = atomic_write_text(markdown_report(results, config=config, version_info=info, total_seconds=total,
+                                               plot_name=PLOT_FILE, command=equivalent_command(settings)),
+                               run_dir / REPORT_FILE)
+    atomic_write_text(table + "\n", run_dir / TABLE_FILE)
+    atomic_write_text(json.dumps(
         {"results": [r.to_dict() for r in results], "verdict": text_verdict, "total_seconds": total,
-         "versions": info, "settings": settings.to_dict()}, indent=1) + "\n")
+         "versions": info, "settings": settings.to_dict()}, indent=1) + "\n", run_dir / RESULTS_FILE)
     write("\n" + table + "\n\n" + text_verdict + "\n")
     write(f"Total time {total:.1f} s on {info['device']}.")
     write(f"Report: {report}\nPlot:   {plot}")
     return DemoOutcome(run_dir, results, text_verdict, total, report, plot, table)
-
-
-def _device_name(settings: DemoSettings) -> str:
-    from ..engine.api import resolve_device
-
-    return str(resolve_device(settings.device))

@@ -1,11 +1,13 @@
 """The demo's knobs, with defaults sized to finish within about 5 minutes on 2 CPU cores."""
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEVICES = ("auto", "cpu", "cuda")  # what the engine's train.device takes; auto = the GPU when there is one
+from ..runtime import DEVICES
 
 
 @dataclass
@@ -80,3 +82,37 @@ class DemoSettings:
         data["out"] = str(self.out) if self.out is not None else None
         data["cache"] = str(self.cache) if self.cache is not None else None
         return data
+
+
+DEFAULT_SETTINGS = DemoSettings()
+
+FLAGS = {  # DemoSettings field -> the `feed-fast demo` flag that sets it (cli.py registers the flags by this table)
+    "seeds": "--seeds", "epochs": "--epochs", "teacher_epochs": "--teacher-epochs", "num_teachers": "--teachers",
+    "teacher_model": "--teacher-model", "student_model": "--student-model", "teacher_kwargs": "--teacher-kwargs",
+    "student_kwargs": "--student-kwargs", "batch_size": "--batch-size", "lr": "--lr", "beta": "--beta",
+    "first_seed": "--seed", "device": "--device", "threads": "--threads", "out": "--out", "cache": "--cache",
+    "extra": "--set",
+}
+
+
+def equivalent_command(settings: DemoSettings) -> str:
+    """The `feed-fast demo` command line that reproduces `settings` (only what differs from the defaults)."""
+    words = ["feed-fast", "demo"]
+    without_flag = []
+    for name, value in settings.to_dict().items():
+        default = getattr(DEFAULT_SETTINGS, name)
+        default = str(default) if isinstance(default, Path) else default
+        if value == default or (name == "extra" and not value):
+            continue
+        if name == "extra":
+            for key, item in value.items():
+                words += [FLAGS[name], shlex.quote(f"{key}={item}")]
+        elif name in FLAGS:
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            words += [FLAGS[name], shlex.quote(text)]
+        else:
+            without_flag.append(f"{name}={value!r}")
+    command = " ".join(words)
+    if without_flag:
+        command += "  # plus settings that have no flag: " + ", ".join(without_flag)
+    return command

@@ -1,10 +1,8 @@
-"""Checkpoints: atomic writes (temp file in the same folder, fsync, rename, fsync the folder), the
-student-only export, and loading teachers/students from ours or from plain torchvision state dicts."""
+"""The student-only export, and loading teachers/students from our checkpoints or from plain state dicts
+(torchvision's included). Checkpoints are written with `feed_fast.atomic_files.atomic_save`."""
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,37 +11,6 @@ from torch import nn
 from ..models import build_model
 
 EXPORT_FORMAT = "feed-fast-student-v1"
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def student_export(model_name: str, num_classes: int, model_kwargs: dict, student: nn.Module,

@@ -1,5 +1,4 @@
-"""`feed-fast train CONFIG [--set key=value ...] [--out DIR]`, `feed-fast train --resume RUN_DIR` and
-`feed-fast eval --checkpoint FILE --data DIR`."""
+"""The `train` and `eval` commands of `feed-fast`."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+TRAIN_HELP = ("Distil (or train) a student as a YAML config says (see configs/; a shipped config can be named "
+              "without its path), with --set overrides, into a run folder; or continue a stopped run with "
+              "--resume RUN_DIR. Config mistakes exit 2 before any work starts.")
+EVAL_HELP = ("Top-1/top-5 of a student checkpoint (student.pt, best.pt or last.pt) on a dataset's val split, read "
+             "by the same loader and at the same image size as in training unless told otherwise.")
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="distil (or train) a student from a YAML config",
-                              description=__doc__.splitlines()[0])
+    from ..loaders.build import DATASETS
+
+    p = subparsers.add_parser("train", help="distil (or train) a student from a YAML config", description=TRAIN_HELP)
     p.add_argument("config", nargs="?", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set optim.lr=0.05 --set method.name=kd")
@@ -19,20 +25,21 @@ def register(subparsers) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("eval", help="top-1/top-5 of a student checkpoint on a dataset's val split")
+    e = subparsers.add_parser("eval", help="top-1/top-5 of a student checkpoint on a dataset's val split",
+                              description=EVAL_HELP)
     e.add_argument("--checkpoint", required=True, help="student.pt, best.pt or last.pt")
     e.add_argument("--data", required=True, help="dataset root (ignored for --dataset synthetic)")
-    e.add_argument("--dataset", default=None,
-                   help="cifar100 | cifar10 | imagefolder | synthetic (default: the one the run trained on)")
-    e.add_argument("--image-size", type=int, default=None, help="default: the run's data.image_size")
+    e.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the run trained on")
+    e.add_argument("--image-size", type=int, default=None,
+                   help="default: the run's image size (the dataset's native size if the export does not say)")
     e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda (or cuda:N)")
     e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
     from .api import resume, train
-    from .config import ConfigError, load_config
 
     try:
         if args.resume:
@@ -61,37 +68,41 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from ..loaders import build_loader
+    from ..runtime import memory_format_for, resolve_device
     from .checkpoint import load_exported_student
     from .evaluate import evaluate
 
+    def fail(message: str) -> int:
+        print(f"feed-fast eval: error: {message}", file=sys.stderr)
+        return 2
+
     path = Path(args.checkpoint)
     if not path.is_file():
-        print(f"feed-fast eval: error: --checkpoint {str(path)!r} does not exist", file=sys.stderr)
-        return 2
+        return fail(f"--checkpoint {str(path)!r} does not exist")
     try:
         model, meta = load_exported_student(path)
     except ValueError as err:
-        print(f"feed-fast eval: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     trained_on = meta.get("data", {})  # dataset, image_size, seed of the training run
     dataset = args.dataset or trained_on.get("dataset", "imagefolder")
     if dataset != "synthetic" and not Path(args.data).exists():
-        print(f"feed-fast eval: error: --data {args.data!r} does not exist", file=sys.stderr)
-        return 2
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+        return fail(f"--data {args.data!r} does not exist")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        return fail(f"--device: {err}")
+    memory_format = memory_format_for(device)
     kw = {"num_classes": meta["num_classes"]} if dataset == "synthetic" else {}
-    loader = build_loader(args.data, "val", args.batch_size, dataset=dataset, device=device,
-                          image_size=args.image_size or trained_on.get("image_size", 224),
-                          seed=trained_on.get("seed", 0), **kw)
+    try:
+        loader = build_loader(args.data, "val", args.batch_size, dataset=dataset, device=device,
+                              memory_format=memory_format, image_size=args.image_size or trained_on.get("image_size"),
+                              seed=trained_on.get("seed", 0), **kw)
+    except (ValueError, FileNotFoundError) as err:
+        return fail(str(err))
     if loader.num_classes != meta["num_classes"]:
-        print(f"feed-fast eval: error: the checkpoint predicts {meta['num_classes']} classes, the data has "
-              f"{loader.num_classes}", file=sys.stderr)
-        return 2
-    model.to(device)
+        return fail(f"the checkpoint predicts {meta['num_classes']} classes, the data has {loader.num_classes}")
+    model.to(device, memory_format=memory_format)
     result = evaluate(model, loader)
     print(f"top1 {result['top1']:.2f} top5 {result['top5']:.2f} loss {result['loss']:.4f} "
           f"({result['samples']} images, {meta['model']})")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum
+from ..runtime.distributed import DistInfo, all_reduce_sum
 
 
 def evaluate(model: nn.Module, loader, *, autocast=None, dist: DistInfo | None = None,

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..atomic_files import atomic_write_text
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
@@ -57,9 +59,7 @@ def truncate_metrics(run_dir: Path, keep_epochs: int) -> None:
     records = [r for r in read_metrics(run_dir) if r["epoch"] < keep_epochs]
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), path)
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:
@@ -72,7 +72,7 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     return out
 
 
-class Progress:
+class EpochProgress:
     """Images/s and ETA per epoch; `mode` bar | lines | none ("auto" picks bar on a TTY)."""
 
     def __init__(self, mode: str, enabled: bool, every: int, stream=None) -> None:

@@ -1,4 +1,4 @@
-"""Frozen teachers: loaded from a checkpoint or torchvision weights, put in eval mode with gradients off, and
+"""Frozen teachers: loaded from a checkpoint or the model zoo's weights, put in eval mode with gradients off, and
 run under `torch.inference_mode()`, each on its own CUDA stream so they overlap each other and the student's
 forward. Only what the method asks for is computed: the feature map, and the logits only for KD.
 
@@ -13,17 +13,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ConfigError, TeacherConfig
 from ..methods import TeacherOutputs
 from ..models import build_model
+from ..runtime.timing import TEACHERS
 from .checkpoint import load_weights
 
 
-def load_teacher(spec: dict, num_classes: int) -> nn.Module:
-    """`spec`: {name, checkpoint | weights, kwargs}. Weights names download through torchvision."""
-    model = build_model(spec["name"], num_classes, weights=spec["weights"], **spec["kwargs"])
-    if spec["checkpoint"]:
-        load_weights(model, spec["checkpoint"])
+def load_teacher(spec: TeacherConfig, num_classes: int) -> nn.Module:
+    """A teacher from its config entry: a checkpoint file, or weights the model zoo downloads (or has cached)."""
+    model = build_model(spec.name, num_classes, weights=spec.weights, **spec.kwargs)
+    if spec.checkpoint:
+        load_weights(model, spec.checkpoint)
     return model
+
+
+def load_teachers(specs: Sequence[TeacherConfig], num_classes: int) -> list[nn.Module]:
+    """Every configured teacher; a checkpoint that does not fit, or model arguments the model does not take,
+    is a config mistake naming the teacher's entry."""
+    teachers = []
+    for i, spec in enumerate(specs):
+        try:
+            teachers.append(load_teacher(spec, num_classes))
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise ConfigError(f"teachers.{i} ({spec.name}): {err}") from None
+    return teachers
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -49,7 +63,7 @@ def check_feature_shapes(student: nn.Module, teachers: Sequence[nn.Module], imag
     student.train(was_training)
     for k, t_shape in enumerate(t_shapes):
         if t_shape[1:] != s_shape[1:] and feature_pool != "adaptive":
-            raise ValueError(
+            raise ConfigError(
                 f"teacher {k} feature map is (C, H, W) = {t_shape} but the student's is {s_shape} at image size "
                 f"{image_size}: the spatial sizes must match; set method.feature_pool=adaptive to pool the "
                 "teacher's map to the student's size"
@@ -115,7 +129,7 @@ class TeacherRunner:
                 logits.append(logit)
                 events.append(event)
             if timer is not None:
-                timer.add_span("teachers", start, events)
+                timer.add_span(TEACHERS, start, events)
         else:
             host_start = time.perf_counter()
             for teacher in self.teachers:
@@ -123,5 +137,5 @@ class TeacherRunner:
                 features.append(feature)
                 logits.append(logit)
             if timer is not None:
-                timer.add_ms("teachers", (time.perf_counter() - host_start) * 1e3)
+                timer.add_ms(TEACHERS, (time.perf_counter() - host_start) * 1e3)
         return PendingOutputs(features if self.need_features else None, logits if self.need_logits else None, events)

@@ -1,16 +1,25 @@
-"""What every distillation method shares. A method is a `Distiller`: an nn.Module owning the student and
-the method's own trainable parts (translators), whose `forward` returns the logits and a dict of named
-losses. The trainer sums the dict and never asks which method it runs. Teachers are not submodules: they
-are frozen, run by the engine (one CUDA stream each) and arrive as `PendingTeachers`."""
+"""What every distillation method shares, in two small bases (mdistiller style):
+
+- `Method`, the recipe: how many generations it trains, which teachers each generation learns from, whether
+  it needs teachers at all, and the `Distiller` of one generation, built from the config's `method` section.
+- `Distiller`, the step: an nn.Module owning the student and the method's own trainable parts (translators),
+  whose `forward` returns the logits and a dict of named losses. The trainer sums the dict and never asks
+  which method it runs. Teachers are not submodules: they are frozen, run by the engine (one CUDA stream each)
+  and arrive as `PendingTeachers`.
+
+Each method is one file holding its Method and its Distiller; `methods/__init__.py` registers it by name."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor, nn
+
+from ..runtime.timing import LOSS, STUDENT_FORWARD, SectionTimer, no_timer
+
+if TYPE_CHECKING:
+    from ..config import MethodConfig
 
 
 @dataclass
@@ -24,13 +33,6 @@ class PendingTeachers(Protocol):
         """Block the current stream until every teacher's outputs are ready."""
 
 
-SectionTimer = Callable[[str], AbstractContextManager]
-
-
-def no_timer(_name: str) -> AbstractContextManager:
-    return contextlib.nullcontext()
-
-
 class Distiller(nn.Module):
     needs_teacher_features = False
     needs_teacher_logits = False
@@ -42,13 +44,13 @@ class Distiller(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor, teachers: PendingTeachers | None = None,
                 timer: SectionTimer = no_timer) -> tuple[Tensor, dict[str, Tensor]]:
-        with timer("student_forward"):
+        with timer(STUDENT_FORWARD):
             if self.needs_student_feature:
                 feature, logits = self.student.forward_features(images)
             else:
                 feature, logits = None, self.student(images)
         outputs = teachers.wait() if teachers is not None else None
-        with timer("loss"):
+        with timer(LOSS):
             losses = self.losses(feature, logits, labels, outputs)
         return logits, losses
 
@@ -59,3 +61,22 @@ class Distiller(nn.Module):
     def trainable_extras(self) -> list[nn.Parameter]:
         """Parameters trained with the student but dropped at export (translators)."""
         return [p for name, p in self.named_parameters() if not name.startswith("student.")]
+
+
+class Method:
+    """One generation learning from the configured teachers; subclasses override what differs."""
+
+    requires_teachers = False  # the config must list at least one teacher (checked before any work)
+    uses_given_teachers = True  # whether the configured teachers are loaded at all
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    def num_generations(self) -> int:
+        return 1
+
+    def teachers_for(self, generation: int, given: Sequence[nn.Module], previous_student) -> list[nn.Module]:
+        return list(given)
+
+    def build(self, student: nn.Module, teacher_channels: Sequence[int]) -> Distiller:
+        raise NotImplementedError

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Method
 
 
 class Baseline(Distiller):
     def losses(self, student_feature, logits, labels, teachers):
         return {"ce": F.cross_entropy(logits.float(), labels)}
+
+
+class BaselineMethod(Method):
+    uses_given_teachers = False
+
+    def teachers_for(self, generation, given, previous_student):
+        return []  # teachers in the config are ignored: nothing to load or run
+
+    def build(self, student, teacher_channels):
+        return Baseline(student)

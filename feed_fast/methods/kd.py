@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Distiller
+from .base import Distiller, Method
 from .losses import hinton_kd
 
 
@@ -19,3 +19,10 @@ class KD(Distiller):
             "ce": self.ce_weight * F.cross_entropy(logits.float(), labels),
             "kd": self.weight * hinton_kd(logits, teachers.logits, self.temperature),
         }
+
+
+class KDMethod(Method):
+    requires_teachers = True
+
+    def build(self, student, teacher_channels):
+        return KD(student, temperature=self.cfg.kd.temperature, weight=self.cfg.kd.weight)

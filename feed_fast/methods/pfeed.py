@@ -3,12 +3,17 @@ CE + beta * sum_k FEED_k (the FEED term is `feed_fast.FEEDLoss`), optionally plu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 
 from ..loss import FEEDLoss
-from .base import Distiller
+from .base import Distiller, Method
 from .losses import hinton_kd
+
+if TYPE_CHECKING:
+    from ..config import MethodConfig
 
 
 class PFEED(Distiller):
@@ -33,3 +38,21 @@ class PFEED(Distiller):
         if self.needs_teacher_logits:
             losses["kd"] = self.kd_weight * hinton_kd(logits, teachers.logits, self.kd_temperature)
         return losses
+
+
+def pfeed_options(cfg: MethodConfig) -> dict:
+    """PFEED's keyword arguments from the config's `method` section (sFEED's generations use them too)."""
+    return {
+        "beta": cfg.beta,
+        "translator": asdict(cfg.translator),
+        "backend": cfg.backend,
+        "kd_weight": cfg.kd.weight if cfg.kd.enabled else 0.0,
+        "kd_temperature": cfg.kd.temperature,
+    }
+
+
+class PFEEDMethod(Method):
+    requires_teachers = True
+
+    def build(self, student, teacher_channels):
+        return PFEED(student, teacher_channels, **pfeed_options(self.cfg))

@@ -1,0 +1,211 @@
+"""The run configuration: one frozen dataclass per section of a YAML file in configs/, with the defaults
+(FT's official CIFAR recipe where the FEED paper leaves a setting open). Choices come from the registries that
+own them: method names from `feed_fast.methods`, datasets and data backends from `feed_fast.loaders`, loss
+backends from the op's `validation.BACKENDS`, devices and precisions from `feed_fast.runtime`. Types and bounds
+are checked by parse.py from the hints below; `check_run` adds the rules that span keys."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from ..loaders.build import BACKENDS as DATA_BACKENDS
+from ..loaders.build import DATASETS, dali_available
+from ..methods import METHODS
+from ..runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
+from ..validation import BACKENDS as LOSS_BACKENDS
+from .parse import Above, AtLeast, ConfigError, apply_overrides, from_mapping
+
+PositiveInt = Annotated[int, AtLeast(1)]
+NonNegativeInt = Annotated[int, AtLeast(0)]
+PositiveFloat = Annotated[float, Above(0)]
+NonNegativeFloat = Annotated[float, AtLeast(0)]
+MethodName = Literal[tuple(METHODS)]
+LossBackend = Literal[LOSS_BACKENDS]  # auto: fused on CUDA
+Dataset = Literal[DATASETS]
+DataBackend = Literal[DATA_BACKENDS]  # image folders only; auto: DALI when installed
+DeviceName = Literal[DEVICES]
+PrecisionName = Literal[PRECISIONS]  # auto: bf16 on CUDA where supported, fp32 on the CPU
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str = "resnet56"  # see feed_fast.models: CIFAR names, torchvision names, timm/<arch>[.<tag>]
+    kwargs: dict[str, Any] = field(default_factory=dict)  # build_model keyword arguments
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherConfig:
+    name: str = field(metadata={"example": "a model name such as resnet56 or resnet34"})
+    checkpoint: str | None = None  # a local file: a feed-fast export, last.pt/best.pt or a plain state dict
+    weights: str | None = None  # or a weights name the model zoo knows (torchvision, timm's `pretrained`)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslatorConfig:  # FEEDLoss's translator options (see feed_fast.translator)
+    width: PositiveInt | None = None
+    final_kernel_size: Literal[1, 3] = 3
+    batch_norm: bool = False
+    final_activation: bool = True
+    negative_slope: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class KDConfig:
+    enabled: bool = False  # adds Hinton KD to pfeed/sfeed; method kd always uses it
+    weight: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 4.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    name: MethodName = "pfeed"
+    beta: NonNegativeFloat = 500.0
+    backend: LossBackend = "auto"
+    generations: PositiveInt = 2  # sfeed only
+    feature_pool: Literal["none", "adaptive"] = "none"  # adaptive: pool teacher maps to the student's size
+    translator: TranslatorConfig = field(default_factory=TranslatorConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: Dataset = "cifar100"
+    root: str = "data/cifar100"
+    backend: DataBackend = "auto"
+    batch_size: PositiveInt = 128  # per process
+    eval_batch_size: PositiveInt = 256
+    image_size: PositiveInt | None = 32  # null: the dataset's native size (CIFAR 32, image folders 224)
+    num_threads: PositiveInt = 2
+    download: bool = False  # CIFAR only
+    num_classes: PositiveInt | None = None  # synthetic only
+    skip_corrupt: bool = False  # leave out unreadable images (with a warning) instead of failing
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: PositiveFloat = 0.1
+    momentum: NonNegativeFloat = 0.9
+    nesterov: bool = False
+    weight_decay: NonNegativeFloat = 5e-4  # translators included
+    apex: bool = False  # apex's FusedSGD when importable (CUDA)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    # FT's official train_student.py: x0.1 after epochs 82 and 123; its `range(0, 163 + 1)` runs 164 epochs
+    epochs: PositiveInt = 164
+    milestones: list[NonNegativeInt] = field(default_factory=lambda: [82, 123])
+    gamma: PositiveFloat = 0.1
+    warmup_epochs: NonNegativeInt = 0  # linear warmup, per iteration
+    min_lr: NonNegativeFloat = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seed: int = 0
+    device: DeviceName = "auto"
+    precision: PrecisionName = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA
+    compile: bool = False  # torch.compile the student and the teachers
+    deterministic: bool = False
+    log_every: PositiveInt = 50  # steps between TensorBoard scalars and progress lines
+    max_steps_per_epoch: PositiveInt | None = None  # cap (smoke runs, benchmarks)
+    eval_every: PositiveInt = 1  # epochs
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a TTY, plain lines otherwise
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict | None, overrides=(), *, check_paths: bool = True) -> RunConfig:
+        """Defaults + `raw` (the nested dict of a YAML file) + `--set key=value` overrides, every key type-checked,
+        then the rules that span keys (`check_run`). Raises ConfigError naming the key."""
+        cfg = from_mapping(cls, apply_overrides(raw or {}, overrides))
+        check_run(cfg, check_paths=check_paths)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """The resolved nested dict: what config.yaml in a run folder holds, and what from_dict reads back."""
+        return asdict(self)
+
+
+def check_model(key: str, name: str) -> None:
+    from ..models import check_model_name
+
+    try:
+        check_model_name(name)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def check_weights(key: str, name: str, weights: str) -> None:
+    """The model zoo decides which weights names a model takes; offline, nothing is downloaded here."""
+    from ..models import check_weights as zoo_check_weights
+
+    try:
+        zoo_check_weights(name, weights)
+    except ValueError as err:
+        message = str(err)
+        prefix = f"weights={weights!r}"  # the zoo names the value as an argument; here the key names it
+        detail = f"{weights!r}{message[len(prefix):]}" if message.startswith(prefix) else f": {message}"
+        raise ConfigError(f"{key} {detail}") from None
+
+
+def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
+    """The rules that span keys, and those that ask the machine (paths, CUDA, DALI), before any work starts."""
+    check_model("model.name", cfg.model.name)
+    for i, teacher in enumerate(cfg.teachers):
+        key = f"teachers.{i}"
+        check_model(f"{key}.name", teacher.name)
+        if teacher.checkpoint and teacher.weights:
+            raise ConfigError(f"{key}: give checkpoint or weights, not both")
+        if not teacher.checkpoint and not teacher.weights:
+            raise ConfigError(f"{key} ({teacher.name}) needs a checkpoint (local file) or weights (a weights name "
+                              "the model zoo knows); an untrained teacher teaches nothing")
+        if teacher.weights:
+            check_weights(f"{key}.weights", teacher.name, teacher.weights)
+        if check_paths and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
+            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist")
+    if METHODS[cfg.method.name].requires_teachers and not cfg.teachers:
+        raise ConfigError(f"method.name={cfg.method.name!r} needs at least one entry in teachers")
+
+    data = cfg.data
+    if data.dataset == "synthetic":
+        if data.num_classes is None:
+            raise ConfigError("data.num_classes is required for data.dataset=synthetic")
+    elif data.num_classes is not None:
+        raise ConfigError(f"data.num_classes is for data.dataset=synthetic only; {data.dataset} reads its "
+                          "classes from the data")
+    elif check_paths and not data.download and not Path(data.root).exists():
+        raise ConfigError(f"data.root {data.root!r} does not exist (dataset {data.dataset}); "
+                          "point data.root at the data or set data.download=true for CIFAR")
+    if data.dataset == "imagefolder" and data.backend == "dali" and not dali_available():
+        raise ConfigError("data.backend=dali needs NVIDIA DALI: pip install 'feed-fast[dali]' (or "
+                          "nvidia-dali-cuda120 for CUDA 12); data.backend=torchvision works without it")
+
+    schedule = cfg.schedule
+    if schedule.warmup_epochs > schedule.epochs:
+        raise ConfigError(f"schedule.warmup_epochs must be in [0, epochs={schedule.epochs}], "
+                          f"got {schedule.warmup_epochs}")
+    if sorted(schedule.milestones) != schedule.milestones:
+        raise ConfigError(f"schedule.milestones must be increasing, got {schedule.milestones}")
+
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError as err:
+        raise ConfigError(f"train.device: {err}") from None
+    try:
+        resolve_precision(cfg.train.precision, device)
+    except ValueError as err:
+        raise ConfigError(f"train.precision: {err}") from None

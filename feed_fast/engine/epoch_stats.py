@@ -1,0 +1,53 @@
+"""An epoch's statistics: the mean of each named loss over the samples seen, images/s and the share of time
+spent waiting for data. The loss sums are one stacked float64 vector on the device (one add per step, no host
+sync) and go into last.pt, so an epoch resumed mid-way reports the same means as an uninterrupted one."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from ..runtime.distributed import DistInfo, all_reduce_sum
+from ..runtime.timing import DATA_WAIT, StepTimer
+
+SAMPLES = "samples"  # the last entry of the vector; the others are named by the losses
+
+
+class EpochStats:
+    def __init__(self, device: torch.device, saved: dict[str, float] | None = None) -> None:
+        """`saved`: what `state()` returned (the sums of the epoch's steps before an interruption)."""
+        saved = dict(saved or {})
+        self.device = device
+        self.names = [name for name in saved if name != SAMPLES]  # loss names, fixed by the first step
+        self.sums = torch.tensor([saved[name] for name in self.names] + [saved.get(SAMPLES, 0.0)],
+                                 dtype=torch.float64, device=device)
+        self.start()
+
+    def start(self) -> None:
+        """Start the clock and the image count of this call (a resumed epoch's rate counts its own steps)."""
+        self.images, self.started = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, Tensor], batch: int) -> None:
+        if not self.names:
+            self.names = list(losses)
+            self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=self.device)
+        elif list(losses) != self.names:
+            raise ValueError(f"the step's losses changed names within an epoch: {list(losses)} vs {self.names}")
+        values = torch.stack([losses[name].detach() for name in self.names]).double()
+        self.sums[:-1] += values * batch
+        self.sums[-1] += batch
+        self.images += batch
+
+    def state(self) -> dict[str, float]:
+        return dict(zip([*self.names, SAMPLES], self.sums.tolist()))
+
+    def summary(self, dist: DistInfo, timer: StepTimer) -> dict:
+        """{loss: {name: mean over every rank's samples, total}, images_per_sec (all ranks), data_wait_fraction}."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        totals = all_reduce_sum(self.sums.clone(), dist).tolist()
+        count = max(totals[-1], 1.0)
+        loss = {name: value / count for name, value in zip(self.names, totals)}
+        loss["total"] = sum(loss.values())
+        return {"loss": loss, "images_per_sec": self.images * dist.world_size / elapsed,
+                "data_wait_fraction": timer.total_ms(DATA_WAIT) / 1e3 / elapsed}

@@ -1,0 +1,36 @@
+"""Which device a run computes on and in which memory format its images and weights live: decided here once,
+then handed to the trainer, the loaders, `feed-fast eval` and the benchmarks."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")  # what `train.device` and `--device` take; auto = the GPU when there is one
+
+
+def resolve_device(device: None | str | torch.device = "auto") -> torch.device:
+    """`auto`/None: the GPU when CUDA is available, else the CPU. A CUDA device without an index is the process's
+    own GPU: LOCAL_RANK under torchrun, else torch's current device."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be one of {DEVICES} or a torch device such as 'cuda:1', got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available here; use 'cpu' "
+                             "(or 'auto')")
+        if device.index is None:
+            local_rank = os.environ.get("LOCAL_RANK")
+            device = torch.device("cuda", int(local_rank) if local_rank else torch.cuda.current_device())
+    return device
+
+
+def memory_format_for(device: torch.device, channels_last: bool | str = "auto") -> torch.memory_format:
+    """The layout of image batches and conv weights. `auto`: channels-last on CUDA, where cuDNN's NHWC kernels
+    (tensor cores) want it; plain NCHW on the CPU. `True`/`False` force it either way."""
+    if channels_last == "auto":
+        channels_last = torch.device(device).type == "cuda"
+    return torch.channels_last if channels_last else torch.contiguous_format
