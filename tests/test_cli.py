@@ -79,6 +79,17 @@ def test_cli_argument_errors(tmp_path, config_file, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_help_describes_each_command_in_whole_sentences(capsys):
+    described = {}
+    for command in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        described[command] = " ".join(capsys.readouterr().out.split())
+    assert ("or continue a stopped run with --resume RUN_DIR. Config mistakes exit 2 before any work starts."
+            in described["train"])
+    assert "at the same image size as in training unless told otherwise." in described["eval"]
+
+
 def test_sigint_finishes_the_step_writes_last_pt_and_resume_completes(tmp_path, config_file):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -276,3 +276,19 @@ def test_step_timer_reports_mean_ms_per_section():
     result = timer.collect()
     assert set(result) == set(SECTIONS)
     assert result["data_wait"] == pytest.approx(3.0) and result["backward"] > 0 and result["loss"] == 0
+
+
+def test_epoch_stats_are_sample_weighted_means_that_survive_a_checkpoint():
+    from feed_fast.engine.epoch_stats import EpochStats
+    from feed_fast.runtime import DistInfo
+
+    timer = StepTimer(torch.device("cpu"))
+    stats = EpochStats(torch.device("cpu"))
+    stats.add({"ce": torch.tensor(2.0), "feed_0": torch.tensor(1.0)}, batch=4)
+    resumed = EpochStats(torch.device("cpu"), stats.state())  # what last.pt carries mid-epoch
+    resumed.add({"ce": torch.tensor(4.0), "feed_0": torch.tensor(0.0)}, batch=2)
+    summary = resumed.summary(DistInfo(), timer)
+    assert summary["loss"] == pytest.approx({"ce": (2 * 4 + 4 * 2) / 6, "feed_0": 4 / 6, "total": (16 + 4) / 6})
+    assert resumed.images == 2 and summary["images_per_sec"] > 0 and summary["data_wait_fraction"] == 0
+    with pytest.raises(ValueError, match="changed names"):
+        resumed.add({"ce": torch.tensor(1.0)}, batch=1)

@@ -205,6 +205,31 @@ def test_cifar_drop_last_image_size_and_dtype(cifar_root):
     assert images.shape == (4, 3, 48, 48) and images.dtype == torch.bfloat16
 
 
+def test_image_size_none_is_each_datasets_native_size(cifar_root):
+    root, cifar100, _ = cifar_root
+    images, _ = next(iter(build_loader(root, "val", 128, dataset="cifar100", device="cpu")))
+    assert images.shape[1:] == (3, 32, 32)  # CIFAR's own pixels, not upsampled
+    assert torch.equal(denormalize(images, CIFAR100_MEAN, CIFAR100_STD), torch.from_numpy(cifar100["val"][0]))
+    synthetic = build_loader(None, "val", 2, dataset="synthetic", num_classes=3, device="cpu")
+    assert synthetic.image_size == 224 and next(iter(synthetic))[0].shape == (2, 3, 224, 224)  # ImageNet-shaped
+    with pytest.raises(ValueError, match=r"image_size must be an int >= 1 \(or None for the dataset's native 32\)"):
+        build_loader(root, "val", 4, dataset="cifar100", device="cpu", image_size=0)
+
+
+def test_loaders_serve_the_memory_format_they_are_given(cifar_root):
+    root, _, _ = cifar_root
+    for make in (lambda fmt: build_loader(root, "train", 8, dataset="cifar100", device="cpu", memory_format=fmt),
+                 lambda fmt: build_loader(None, "train", 4, dataset="synthetic", image_size=8, num_classes=3,
+                                          device="cpu", memory_format=fmt)):
+        nhwc = next(iter(make(torch.channels_last)))[0]
+        assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+        nchw = next(iter(make(torch.contiguous_format)))[0]
+        assert nchw.is_contiguous() and torch.equal(nchw, nhwc)  # same values, another layout
+        assert make(None).memory_format == memory_format_for(torch.device("cpu"))  # the runtime's default
+    with pytest.raises(ValueError, match="memory_format must be"):
+        build_loader(root, "val", 4, dataset="cifar100", device="cpu", memory_format=torch.preserve_format)
+
+
 def test_cifar_missing_or_broken_pickle_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-100-python.train.*download"):
         build_loader(str(tmp_path), "train", 4, dataset="cifar100", device="cpu")

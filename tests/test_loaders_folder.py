@@ -51,6 +51,17 @@ def broken_folder(tmp_path, folder):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_image_size_none_is_imagenets_224_and_the_memory_format_is_the_callers(folder, backend):
+    root, _ = folder
+    val = loader(root, "val", backend, batch_size=2, image_size=None, memory_format=torch.channels_last)
+    assert val.image_size == 224
+    images, _ = next(iter(val))
+    assert images.shape == (2, 3, 224, 224) and images.is_contiguous(memory_format=torch.channels_last)
+    nchw, _ = next(iter(loader(root, "val", backend, batch_size=2, memory_format=torch.contiguous_format)))
+    assert nchw.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_val_batches_shapes_and_labels_match_torchvision_image_folder(folder, backend):
     root, _ = folder
     val = loader(root, "val", backend)
