@@ -1,1 +1,1 @@
-"""The YAML training configs, shipped in the wheel as feed_fast.configs (see feed_fast.engine.config)."""
+"""The YAML training configs, shipped in the wheel as feed_fast.configs. Their schema: feed_fast.config."""

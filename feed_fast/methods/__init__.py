@@ -8,16 +8,11 @@ see base.py; this module only registers them. Adding a method: a file and one li
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .base import Distiller, Method, PendingTeachers, TeacherOutputs
 from .baseline import Baseline, BaselineMethod
 from .kd import KD, KDMethod
 from .pfeed import PFEED, PFEEDMethod
 from .sfeed import SFEEDMethod
-
-if TYPE_CHECKING:
-    from ..config import MethodConfig
 
 METHODS: dict[str, type[Method]] = {
     "baseline": BaselineMethod,
@@ -27,7 +22,8 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg: MethodConfig) -> Method:
+def build_method(cfg) -> Method:
+    """The registered Method for the config's `method` section (a feed_fast.config.MethodConfig)."""
     if cfg.name not in METHODS:
         raise ValueError(f"method.name must be one of {sorted(METHODS)}, got {cfg.name!r}")
     return METHODS[cfg.name](cfg)

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
 from ..runtime.timing import LOSS, STUDENT_FORWARD, SectionTimer, no_timer
-
-if TYPE_CHECKING:
-    from ..config import MethodConfig
 
 
 @dataclass
@@ -69,8 +66,8 @@ class Method:
     requires_teachers = False  # the config must list at least one teacher (checked before any work)
     uses_given_teachers = True  # whether the configured teachers are loaded at all
 
-    def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg  # the config's `method` section (feed_fast.config.MethodConfig; that package imports this one)
 
     def num_generations(self) -> int:
         return 1

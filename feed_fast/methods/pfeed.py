@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 
 from ..loss import FEEDLoss
 from .base import Distiller, Method
 from .losses import hinton_kd
-
-if TYPE_CHECKING:
-    from ..config import MethodConfig
 
 
 class PFEED(Distiller):
@@ -40,7 +36,7 @@ class PFEED(Distiller):
         return losses
 
 
-def pfeed_options(cfg: MethodConfig) -> dict:
+def pfeed_options(cfg) -> dict:
     """PFEED's keyword arguments from the config's `method` section (sFEED's generations use them too)."""
     return {
         "beta": cfg.beta,
