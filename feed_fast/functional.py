@@ -1,100 +1,103 @@
-"""`feed_loss`: the public FEED loss op. Validates, picks a backend, reduces."""
+"""`feed_loss`: the public FEED loss op. Validates, reads the caller's precision settings, picks a backend,
+and owns the reduction (beta and mean/sum/none).
+
+The reduction is folded into per-teacher Python-float row scales that every backend applies to its (K, B)
+per-sample L1 sums (the fused kernels multiply inside the kernel), so a reduction costs at most one `sum` and
+never a tensor built from Python values on the device.
+"""
 from __future__ import annotations
 
-import os
+import warnings
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import feed_terms_reference, reduce_terms
+from .backend_choice import resolve_backend
+from .head import autocast_dtype, gemm_dtype, matmul_allows_tf32
+from .numerics import DEFAULT_EPS
+from .reference import feed_terms_reference
 from .validation import FEEDInputs, TensorOrList, check_options, validate_inputs
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # noqa: BLE001 -- ImportError, or a broken install raising anything at import
-        return False
-    return True
+def row_scales(inputs: FEEDInputs, beta: float, reduction: str) -> tuple[float, ...]:
+    """Per-teacher factors on the per-sample L1 sums sum_i |u_i - v_i|, N_k = C_t*H*W, B the batch:
+    "none" -> beta / N_k (rows of beta * l_kb); "mean" -> beta / (N_k * B) (their sum is beta * sum_k mean_b l_kb);
+    "sum" -> beta (their sum is beta * sum |u - v|)."""
+    if reduction == "sum":
+        return tuple(float(beta) for _ in inputs.teachers)
+    per_row = 1 if reduction == "none" else inputs.batch_size
+    return tuple(float(beta) / (n * per_row) for n in inputs.numels())
 
 
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def reduce_rows(terms: Tensor, reduction: str) -> Tensor:
+    """(K, B) scaled terms -> the requested reduction (the scales already hold beta, 1/N_k and 1/B)."""
+    return terms if reduction == "none" else terms.sum()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    if backend in ("triton", "hybrid"):
-        if not triton_available():
-            raise RuntimeError(f"backend={backend!r} needs the triton package (pip install triton); use backend='torch'")
-        if device.type != "cuda" and not interpreter_enabled():
-            raise ValueError(
-                f"backend={backend!r} needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 set before "
-                "feed_fast is imported; use backend='torch' on the CPU"
-            )
-    return backend
+def _backends():
+    """name -> (K, B) scaled terms. The fused modules need triton: imported only when chosen."""
+    from .fused import fused_feed_terms
+    from .hybrid import hybrid_feed_terms
+
+    return {"triton": fused_feed_terms, "hybrid": hybrid_feed_terms}
 
 
-def reject_float64(inputs: FEEDInputs) -> None:
-    """The kernels take float32/float16/bfloat16; float64 is a reference-only (test) dtype."""
-    for name in ("students", "teachers", "weights", "biases"):
-        for k, x in enumerate(getattr(inputs, name)):
-            if x is not None and x.dtype == torch.float64:
-                raise TypeError(
-                    f"{name}[{k}] is float64; backend='triton' takes float32, float16 or bfloat16 "
-                    "(use backend='torch' for float64)"
-                )
-
-
-def with_heads_run_by_torch(inputs: FEEDInputs) -> FEEDInputs:
-    """The "hybrid" backend: cuDNN runs each head's conv (fast where a Triton implicit GEMM is not), then the
-    fused kernels add bias and activation and compute the normalisation and L1 without writing u or v."""
-    students = []
-    for s, w in zip(inputs.students, inputs.weights):
-        if w is not None:
-            dtype = s.dtype if w.dtype == s.dtype else torch.float32  # float32 arithmetic for mixed dtypes
-            s = F.conv2d(s.to(dtype), w.to(dtype), None, padding=w.shape[-1] // 2)
-        students.append(s)
-    num = inputs.num_teachers
-    return FEEDInputs(tuple(students), inputs.teachers, (None,) * num, inputs.biases, (0,) * num)
+def _head_inputs_argument(head_inputs, students):
+    if students is None:
+        return head_inputs
+    if head_inputs is not None:
+        raise TypeError("feed_loss got both head_inputs and students (its deprecated name); pass head_inputs only")
+    warnings.warn(
+        "feed_loss(students=...) is deprecated and will be removed in the next release: the argument is the "
+        "translator heads' inputs, now called head_inputs",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return students
 
 
 def feed_loss(
-    students: TensorOrList,
-    teachers: TensorOrList,
+    head_inputs: TensorOrList | None = None,
+    teachers: TensorOrList | None = None,
     weights: TensorOrList | None = None,
     biases: TensorOrList | None = None,
     *,
     beta: float = 1.0,
-    eps: float = 1e-12,
+    eps: float = DEFAULT_EPS,
     negative_slope: float | None = None,
     reduction: str = "mean",
     backend: str = "auto",
+    students: Sequence[Tensor] | Tensor | None = None,
 ) -> Tensor:
-    """FEED / factor-transfer loss of K translator heads against K teacher feature maps.
+    """FEED / factor-transfer loss of K translator heads against K teacher feature maps (docs/method.md).
 
-    For teacher k and sample b: y = act(conv(students[k][b]; weights[k]) + biases[k]),
-    u = y / max(||y||, eps), v = t / max(||t||, eps) over the flattened C*H*W, l = mean_i |u_i - v_i|.
+    head_inputs[k] is the input of translator k's last conv (its head): (B, C_in_k, H_k, W_k). For teacher k
+    and sample b: y = act(conv(head_inputs[k][b]; weights[k]) + biases[k]), u = y / max(||y||, eps),
+    v = t / max(||t||, eps) over the flattened C*H*W, l = mean_i |u_i - v_i|.
     reduction "none" -> (K, B) of beta * l; "mean" -> beta * sum_k mean_b l; "sum" -> beta * sum |u - v|.
     Teachers never receive gradient. Returns float32 (float64 only for float64 inputs, torch backend).
 
     backend: "torch" (eager reference, any device), "triton" (fully fused head + loss kernels), "hybrid"
-    (cuDNN head conv, fused bias/activation/normalisation/L1), "auto" (triton on CUDA, torch otherwise).
+    (cuDNN head conv, fused bias/activation/normalisation/L1), "auto" (torch off CUDA; on CUDA whichever of
+    triton and hybrid `backend_choice.choose_fused_plan` models as faster for these shapes). Precision rules
+    (autocast, TF32) are in `feed_fast.head`. `students=` is the deprecated name of head_inputs.
     """
+    head_inputs = _head_inputs_argument(head_inputs, students)
     check_options(beta, eps, negative_slope, reduction, backend)
-    inputs = validate_inputs(students, teachers, weights, biases, allow_float64=True)
-    chosen = resolve_backend(backend, inputs.teachers[0].device)
-    if chosen in ("triton", "hybrid"):
-        reject_float64(inputs)
-    if chosen == "hybrid":
-        inputs = with_heads_run_by_torch(inputs)
-        chosen = "triton"
-    if chosen == "triton":
-        from .fused import fused_feed_terms
-
-        terms = fused_feed_terms(inputs, eps=eps, negative_slope=negative_slope)
+    inputs = validate_inputs(head_inputs, teachers, weights, biases, allow_float64=True)
+    device_type = inputs.teachers[0].device.type
+    autocast = autocast_dtype(device_type)
+    tf32 = matmul_allows_tf32()
+    gemm_dtypes = [
+        gemm_dtype(h.dtype, w.dtype, autocast) if w is not None else h.dtype
+        for h, w in zip(inputs.head_inputs, inputs.weights)
+    ]
+    chosen = resolve_backend(backend, inputs, gemm_dtypes, tf32, torch.backends.cudnn.allow_tf32)
+    scales = row_scales(inputs, beta, reduction)
+    if chosen == "torch":
+        terms = feed_terms_reference(inputs, scales, eps=eps, negative_slope=negative_slope, autocast=autocast)
     else:
-        terms = feed_terms_reference(inputs, eps=eps, negative_slope=negative_slope)
-    return reduce_terms(terms, inputs.numels(), beta, reduction)
+        terms = _backends()[chosen](inputs, scales, eps=eps, negative_slope=negative_slope, autocast=autocast,
+                                    tf32=tf32)
+    return reduce_rows(terms, reduction)

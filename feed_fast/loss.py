@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import feed_loss
+from .numerics import DEFAULT_EPS
 from .translator import Translator
 
 
@@ -20,7 +21,10 @@ class FEEDLoss(nn.Module):
     """pFEED's feature loss: one translator per teacher, all fed the student's last feature map.
 
     `forward(student_feature, teacher_features)` runs each translator's body eagerly and hands its last conv
-    (+ bias + LeakyReLU) to `feed_loss`, which fuses it with the normalisation and the L1 distance.
+    (+ bias + LeakyReLU) to `feed_loss`, which fuses it with the normalisation and the L1 distance. The heads'
+    fp32 parameters go in as they are: under autocast `feed_loss` runs the head GEMMs in the autocast dtype
+    (`feed_fast.head`), the fused kernels cast in registers and write fp32 gradients directly. The heads are
+    kept channels-last (C_in innermost), the layout the kernels read weights in, so no step repacks them.
     """
 
     def __init__(
@@ -34,7 +38,7 @@ class FEEDLoss(nn.Module):
         batch_norm: bool = False,
         final_activation: bool = True,
         negative_slope: float = 0.1,
-        eps: float = 1e-12,
+        eps: float = DEFAULT_EPS,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -53,17 +57,8 @@ class FEEDLoss(nn.Module):
             )
             for c in teacher_channels
         )
-
-    def _head_parameters(self, device_type: str) -> tuple[list[Tensor], list[Tensor]]:
-        """The heads' weights and biases, cast to the autocast dtype when autocast is on, exactly as autocast
-        casts a conv's parameters: the fused head then runs on bf16/fp16 tensor cores."""
-        weights = [tr.head.weight for tr in self.translators]
-        biases = [tr.head.bias for tr in self.translators]
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            weights = [w.to(dtype) for w in weights]
-            biases = [b.to(dtype) for b in biases]
-        return weights, biases
+        for translator in self.translators:
+            translator.head.to(memory_format=torch.channels_last)
 
     def forward(self, student_feature: Tensor, teacher_features: Sequence[Tensor]) -> FEEDLossOutput:
         if isinstance(teacher_features, Tensor):
@@ -75,12 +70,11 @@ class FEEDLoss(nn.Module):
             )
         slopes = {tr.head_slope for tr in self.translators}
         (slope,) = slopes  # all translators share one configuration
-        weights, biases = self._head_parameters(student_feature.device.type)
         terms = feed_loss(
             [tr.forward_body(student_feature) for tr in self.translators],
             list(teacher_features),
-            weights,
-            biases,
+            [tr.head.weight for tr in self.translators],
+            [tr.head.bias for tr in self.translators],
             beta=self.beta,
             eps=self.eps,
             negative_slope=slope,

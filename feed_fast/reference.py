@@ -1,8 +1,9 @@
-"""The FEED loss in plain PyTorch: the readable reference, the CPU path and the ground truth the fused
-kernels are tested against. See ../shared/FEED.md for the math.
+"""The FEED loss in plain PyTorch: the readable math, the CPU path and the ground truth the fused kernels are
+tested against. docs/method.md has the formulas.
 
-Both backends produce the same intermediate, `terms`: a (K, B) float32 tensor of per-sample L1 sums
-sum_i |u_i - v_i|. `reduce_terms` is the one place that turns it into the requested reduction.
+`feed_terms_reference` returns the same (K, B) intermediate as the fused op: row k is `row_scales[k]` times
+the per-sample L1 sums sum_i |u_i - v_i|. The scales (beta and the reduction) are decided by
+`feed_fast.functional`; the head's precision policy lives in `feed_fast.head`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .head import gemm_dtype, head_conv
+from .numerics import NORM_SCALE_FLOOR
 from .validation import FEEDInputs
 
 
@@ -20,22 +23,25 @@ def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def translator_output(
-    student: Tensor, weight: Tensor | None, bias: Tensor | None, negative_slope: float | None
+def head_output(
+    head_input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    negative_slope: float | None,
+    autocast: torch.dtype | None = None,
 ) -> Tensor:
-    """y = act(conv(h; W) + c), the output of a translator's last conv, in float32 (float64 for tests)."""
-    dtype = compute_dtype(student, weight, bias)
-    y = student.to(dtype)
-    if weight is not None:
-        y = F.conv2d(y, weight.to(dtype), None, padding=weight.shape[-1] // 2)
+    """y = act(conv(h; W) + c), the output of a translator's last conv, in float32 (float64 for tests). The conv's
+    operands are rounded to the policy's GEMM dtype first, so this is the kernels' arithmetic exactly."""
+    dtype = compute_dtype(head_input, weight, bias)
+    if weight is None:
+        y = head_input.to(dtype)
+    else:
+        y = head_conv(head_input, weight, gemm_dtype(head_input.dtype, weight.dtype, autocast), dtype)
     if bias is not None:
         y = y + bias.to(dtype).view(1, -1, 1, 1)
     if negative_slope is not None:
         y = F.leaky_relu(y, negative_slope)
     return y
-
-
-NORM_SCALE_FLOOR = 1e-30  # the kernels start their running scale here too
 
 
 def l2_normalize(x: Tensor, eps: float) -> Tensor:
@@ -54,21 +60,18 @@ def l1_of_normalized(y: Tensor, teacher: Tensor, eps: float) -> Tensor:
     return (u - v).abs().sum(dim=1)
 
 
-def feed_terms_reference(inputs: FEEDInputs, *, eps: float, negative_slope: float | None) -> Tensor:
-    """(K, B) per-sample L1 sums, differentiable through autograd. The teachers get no gradient."""
+def feed_terms_reference(
+    inputs: FEEDInputs,
+    row_scales: Sequence[float],
+    *,
+    eps: float,
+    negative_slope: float | None,
+    autocast: torch.dtype | None = None,
+) -> Tensor:
+    """(K, B): row_scales[k] * per-sample L1 sums, differentiable through autograd. Teachers get no gradient."""
     rows = []
-    for s, t, w, b in zip(inputs.students, inputs.teachers, inputs.weights, inputs.biases):
-        y = translator_output(s, w, b, negative_slope)
-        rows.append(l1_of_normalized(y, t, eps))
+    for h, t, w, b, scale in zip(inputs.head_inputs, inputs.teachers, inputs.weights, inputs.biases, row_scales):
+        y = head_output(h, w, b, negative_slope, autocast)
+        with torch.autocast(y.device.type, enabled=False):  # norms and L1 in y's dtype, whatever the caller runs
+            rows.append(scale * l1_of_normalized(y, t, eps))
     return torch.stack(rows)
-
-
-def reduce_terms(terms: Tensor, numels: Sequence[int], beta: float, reduction: str) -> Tensor:
-    """(K, B) L1 sums -> beta * (per-sample means | sum over k of batch means | total sum)."""
-    if reduction == "sum":
-        return beta * terms.sum()
-    n = torch.tensor(numels, dtype=terms.dtype, device=terms.device).view(-1, 1)
-    per_sample = terms / n
-    if reduction == "none":
-        return beta * per_sample
-    return beta * per_sample.mean(dim=1).sum()

@@ -19,10 +19,11 @@ TensorOrList = Tensor | Sequence[Tensor]
 
 @dataclass(frozen=True)
 class FEEDInputs:
-    """Validated, per-teacher inputs. `weights[k]` is always 4-D (or None); `kernel_sizes[k]` is 0
-    when teacher k has no conv (the student tensor itself is compared)."""
+    """Validated, per-teacher inputs. `head_inputs[k]` is the input of translator k's last conv (the head);
+    `weights[k]` is always 4-D (or None); `kernel_sizes[k]` is 0 when teacher k has no conv (the head input
+    itself is compared)."""
 
-    students: tuple[Tensor, ...]
+    head_inputs: tuple[Tensor, ...]
     teachers: tuple[Tensor, ...]
     weights: tuple[Tensor | None, ...]
     biases: tuple[Tensor | None, ...]
@@ -36,9 +37,9 @@ class FEEDInputs:
     def batch_size(self) -> int:
         return self.teachers[0].shape[0]
 
-    def numels(self) -> list[int]:
-        """Elements per flattened sample, C_t * H * W, for each teacher."""
-        return [t[0].numel() for t in self.teachers]
+    def numels(self) -> tuple[int, ...]:
+        """Elements per flattened sample, C_t * H * W, for each teacher (Python ints: no device work)."""
+        return tuple(t.shape[1] * t.shape[2] * t.shape[3] for t in self.teachers)
 
 
 def _as_list(name: str, value, allow_none: bool) -> list:
@@ -83,15 +84,15 @@ def check_options(beta, eps, negative_slope, reduction, backend) -> None:
         raise TypeError(f"negative_slope must be None or a real number, got {type(negative_slope).__name__}")
 
 
-def validate_inputs(students, teachers, weights=None, biases=None, *, allow_float64=False) -> FEEDInputs:
+def validate_inputs(head_inputs, teachers, weights=None, biases=None, *, allow_float64=False) -> FEEDInputs:
     teacher_list = _as_list("teachers", teachers, allow_none=False)
-    student_list = _as_list("students", students, allow_none=False)
+    input_list = _as_list("head_inputs", head_inputs, allow_none=False)
     weight_list = _as_list("weights", weights, allow_none=True)
     bias_list = _as_list("biases", biases, allow_none=True)
     num = len(teacher_list)
     if num == 0:
         raise ValueError("teachers must hold at least one tensor, got an empty list")
-    for name, values in (("students", student_list), ("weights", weight_list), ("biases", bias_list)):
+    for name, values in (("head_inputs", input_list), ("weights", weight_list), ("biases", bias_list)):
         if values and len(values) != num:
             raise ValueError(f"{name} has {len(values)} entries but teachers has {num}: one per teacher expected")
     weight_list = weight_list or [None] * num
@@ -102,8 +103,8 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
     out_w, out_b, kernel_sizes = [], [], []
     for k in range(num):
         t = _check_tensor("teachers", k, teacher_list[k], allow_float64)
-        s = _check_tensor("students", k, student_list[k], allow_float64)
-        for name, x in (("teachers", t), ("students", s)):
+        s = _check_tensor("head_inputs", k, input_list[k], allow_float64)
+        for name, x in (("teachers", t), ("head_inputs", s)):
             if x.dim() != 4:
                 raise ValueError(f"{name}[{k}] must be 4-D (B, C, H, W), got shape {_shape(x)}")
             if 0 in x.shape[1:]:  # an empty map has no norm: the loss would be 0/0 (or the conv misbehave)
@@ -115,10 +116,10 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
         if t.shape[0] != batch:
             raise ValueError(f"teachers[{k}] has batch size {t.shape[0]}, expected {batch} (as teachers[0])")
         if s.shape[0] != batch:
-            raise ValueError(f"students[{k}] has batch size {s.shape[0]}, expected {batch} (as teachers[{k}])")
+            raise ValueError(f"head_inputs[{k}] has batch size {s.shape[0]}, expected {batch} (as teachers[{k}])")
         if s.shape[2:] != t.shape[2:]:
             raise ValueError(
-                f"students[{k}] has spatial size {tuple(s.shape[2:])}, expected {tuple(t.shape[2:])} "
+                f"head_inputs[{k}] has spatial size {tuple(s.shape[2:])}, expected {tuple(t.shape[2:])} "
                 f"(teachers[{k}] is {_shape(t)}); pool or resize the student feature explicitly"
             )
         c_t, c_in = t.shape[1], s.shape[1]
@@ -127,7 +128,7 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
         if w is None:
             if c_in != c_t:
                 raise ValueError(
-                    f"students[{k}] has {c_in} channels but teachers[{k}] has {c_t}; without weights the "
+                    f"head_inputs[{k}] has {c_in} channels but teachers[{k}] has {c_t}; without weights the "
                     f"channels must match (give weights[{k}] of shape ({c_t}, {c_in}, k, k))"
                 )
             kernel_sizes.append(0)
@@ -143,7 +144,7 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
             if tuple(w.shape[:2]) != (c_t, c_in):
                 raise ValueError(
                     f"weights[{k}] has shape {_shape(weight_list[k])}, expected ({c_t}, {c_in}, {w.shape[2]}, "
-                    f"{w.shape[3]}) from teachers[{k}] {_shape(t)} and students[{k}] {_shape(s)}"
+                    f"{w.shape[3]}) from teachers[{k}] {_shape(t)} and head_inputs[{k}] {_shape(s)}"
                 )
             kernel_sizes.append(w.shape[2])
         b = bias_list[k]
@@ -151,10 +152,21 @@ def validate_inputs(students, teachers, weights=None, biases=None, *, allow_floa
             b = _check_tensor("biases", k, b, allow_float64)
             if tuple(b.shape) != (c_t,):
                 raise ValueError(f"biases[{k}] has shape {_shape(b)}, expected ({c_t},)")
-        for name, x in (("teachers", t), ("students", s), ("weights", w), ("biases", b)):
+        for name, x in (("teachers", t), ("head_inputs", s), ("weights", w), ("biases", b)):
             if x is not None and x.device != device:
                 raise ValueError(f"{name}[{k}] is on {x.device}, expected {device} (as teachers[0])")
         out_w.append(w)
         out_b.append(b)
-        teacher_list[k], student_list[k] = t, s
-    return FEEDInputs(tuple(student_list), tuple(teacher_list), tuple(out_w), tuple(out_b), tuple(kernel_sizes))
+        teacher_list[k], input_list[k] = t, s
+    return FEEDInputs(tuple(input_list), tuple(teacher_list), tuple(out_w), tuple(out_b), tuple(kernel_sizes))
+
+
+def reject_float64(inputs: FEEDInputs, backend: str) -> None:
+    """The kernels take float32/float16/bfloat16; float64 is a reference-only (test) dtype."""
+    for name in ("head_inputs", "teachers", "weights", "biases"):
+        for k, x in enumerate(getattr(inputs, name)):
+            if x is not None and x.dtype == torch.float64:
+                raise TypeError(
+                    f"{name}[{k}] is float64; backend={backend!r} takes float32, float16 or bfloat16 "
+                    "(use backend='torch' for float64)"
+                )

@@ -1,60 +1,111 @@
 """Fused FEED loss kernels: translator head (1x1/3x3 conv as an implicit GEMM, bias, LeakyReLU) +
 per-sample L2 normalisation of head output and teacher map + L1 distance, forward and backward.
 
-The math is the one in ../shared/FEED.md (and `feed_fast.reference`, the readable twin). Shapes, strides and
+The math is the one in docs/method.md (and `feed_fast.reference`, the readable twin). Shapes, strides and
 dtypes may differ per teacher: every launch takes per-teacher tuples and handles all K teachers at once
 (`tl.static_range` over the teacher index selects each teacher's constexpr specialisation), so the number of
 launches never depends on K.
 
 Forward, one program per (sample, teacher): the head output y is recomputed tile by tile and never written.
 When a sample fits one tile (CIFAR-sized maps) a single pass over memory does everything; otherwise pass 1
-gathers the two norms and pass 2 recomputes y for the L1. Saved for backward: per-sample scalars only
-(||y||, ||t||, <u, sign(u - v)>).
+gathers the two norms and pass 2 recomputes y for the L1. Each row of `terms` is multiplied by its teacher's
+Python-float `scale` (beta and the reduction, decided by `feed_fast.functional`). Saved for backward:
+per-sample scalars only (||y||, ||t||, <u, sign(u - v)>).
 
-Backward (three launches): (1) per (sample, teacher), recompute y and write dz = dL/d(pre-activation) in
-float32; (2) input gradient, the transposed conv of dz with W; (3) weight and bias gradients, reduced over the
-batch in a fixed order, so results are deterministic (no atomics).
+Backward (three launches): (1) per (sample, teacher), recompute y and write dz = dL/d(pre-activation) in the
+GEMM operand dtype, plus per-sample bias partial sums in float32; for a teacher without a head conv (identity,
+or the hybrid plan where cuDNN owns the conv) dz *is* the input gradient and goes straight into it; (2) input
+gradient, the transposed conv of dz with W; (3) weight and bias gradients, reduced over the batch in a fixed
+order, so results are deterministic (no atomics), written in each parameter's own dtype and layout.
+
+GEMM precision: float32 operands run IEEE fp32 (`input_precision="ieee"`) unless the caller asks for TF32;
+bf16/fp16 operands run on tensor cores. Weights are read with C_in innermost (stride 1): OHWI, i.e.
+channels-last, which `module.to(memory_format=torch.channels_last)` gives; other 3x3 layouts are repacked
+once per call by the host code below.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ..numerics import NORM_SCALE_FLOOR as _NORM_SCALE_FLOOR
+
 # Triton's interpreter (3.8) computes tl.dot wrongly for bfloat16 operands. There the operands are rounded to
 # the low-precision dtype as on a GPU, then multiplied in float32: the same products, exactly.
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
-NORM_SCALE_FLOOR = tl.constexpr(1e-30)  # as feed_fast.reference.NORM_SCALE_FLOOR
+NORM_SCALE_FLOOR = tl.constexpr(_NORM_SCALE_FLOOR)
 STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, sign(u - v)>
 
+# num_warps per launch. Tiles are at most 64 x 64 fp32 values: at 4 warps Triton 3.6 needs more than 255
+# registers per thread for them and spills, and at 16 warps (128 registers at most) both 3.6 and 3.8 spill
+# (tests/test_triton_versions.py checks every config under both). So every kernel runs 8 warps; with one
+# config per kernel nothing is timed on the first call. A second config is one entry here once GPU
+# measurements show it pays; the key below already holds everything that changes the compiled code.
+WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,)}
+_AUTOTUNED: list = []
 
-def _autotuned(kernel):
-    """On a GPU, time each config the first time a set of teacher shapes is seen and keep the fastest. Every
-    kernel here writes its outputs and never accumulates into them, so re-running a config is harmless.
+
+def _config(num_warps: int):
+    return triton.Config({}, num_warps=num_warps)
+
+
+def _autotuned(warps: tuple[int, ...], key: list[str]):
+    """On a GPU, time each config the first time a key is seen and keep the fastest. Every kernel here writes
+    its outputs and never accumulates into them, so re-running a config is harmless. The key holds what changes
+    the compiled code: shapes (block sizes, single-tile), strides (layout class; Triton specialises strides
+    equal to 1 or divisible by 16) and the per-teacher constexprs (kernel size, dtypes, precision).
     The interpreter has no warps to tune: kernels stay plain there."""
-    if INTERPRETED:
-        return kernel
-    return triton.autotune(configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY)(kernel)
+
+    def wrap(kernel):
+        if INTERPRETED:
+            return kernel
+        tuned = triton.autotune(configs=[_config(w) for w in warps], key=key)(kernel)
+        _AUTOTUNED.append(tuned)
+        return tuned
+
+    return wrap
 
 
-# Register pressure is high at 4 warps (the compile probe shows ~255 registers per thread), so 8 warps is
-# the alternative; more configs would multiply the first-call compile time.
-AUTOTUNE_CONFIGS = [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)]
-AUTOTUNE_KEY = ["batch", "c_ins", "c_outs", "heights", "widths"]
+@contextlib.contextmanager
+def pinned_config(num_warps: int = 8):
+    """Test-only: every kernel runs with `num_warps` and nothing is timed, so two calls with different autotune
+    keys (e.g. K teachers at once vs one at a time) compile the same reduction order and agree bitwise."""
+    saved = [(kernel, kernel.configs, dict(kernel.cache)) for kernel in _AUTOTUNED]
+    for kernel in _AUTOTUNED:
+        kernel.configs = [_config(num_warps)]
+        kernel.cache.clear()
+    try:
+        yield
+    finally:
+        for kernel, configs, cache in saved:
+            kernel.configs = configs
+            kernel.cache.clear()
+            kernel.cache.update(cache)
+
+
+_SHAPE_KEY = ["batch", "c_ins", "c_outs", "heights", "widths"]
+_TEACHER_KEY = ["KS", "HAS_W", "HAS_BIAS", "DOT_DTYPE", "TF32"]
 
 
 @triton.jit
-def _mma(a, b, acc, DOT_DTYPE: tl.constexpr):
-    """acc + a @ b with operands rounded to DOT_DTYPE (bf16/fp16 tensor cores, or fp32) and fp32 accumulation."""
+def _mma(a, b, acc, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr):
+    """acc + a @ b with operands rounded to DOT_DTYPE in registers (bf16/fp16 tensor cores, or fp32: IEEE,
+    or TF32 when the caller allowed it) and fp32 accumulation. fp32 master weights are read once and cast here.
+    (TF32 is a bool rather than the precision string: Triton 3.6 cannot index a tuple of string constexprs.)"""
     a = a.to(DOT_DTYPE)
     b = b.to(DOT_DTYPE)
     if INTERPRETED:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
+    if TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    return tl.dot(a, b, acc, input_precision="ieee")
 
 
 @triton.jit
@@ -62,7 +113,7 @@ def _head_preact(
     h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
     s_hb, s_hc, s_hh, s_hw, s_wo, s_wi, s_wh, s_ww,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """z[c, p] = sum_{ci, tap} W[c, ci, tap] h[b, ci, p + tap] + bias[c] for a BLOCK_C x BLOCK_P tile, fp32.
     Lanes outside the tensor are zero (bias included), so they add nothing to norms or sums."""
@@ -88,7 +139,7 @@ def _head_preact(
                     h_base + offs_k[:, None] * s_hc + ih[None, :] * s_hh + iw[None, :] * s_hw,
                     mask=mask_k[:, None] & valid_p[None, :], other=0.0,
                 )
-                acc = _mma(w, x, acc, DOT_DTYPE)
+                acc = _mma(w, x, acc, DOT_DTYPE, TF32)
     else:
         acc = tl.load(
             h_base + offs_c[:, None] * s_hc + ph[None, :] * s_hh + pw[None, :] * s_hw,
@@ -107,11 +158,10 @@ def _activate(z, slope, HAS_ACT: tl.constexpr):
 
 
 @triton.jit
-def _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width, s_tb, s_tc, s_th, s_tw):
-    mask = (offs_c < c_out)[:, None] & (offs_p < height * width)[None, :]
-    ptrs = t_ptr + b.to(tl.int64) * s_tb + offs_c[:, None] * s_tc + (offs_p // width)[None, :] * s_th \
-        + (offs_p % width)[None, :] * s_tw
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+def _offsets4(b, offs_c, offs_p, width, s):
+    """Element offsets of a (channels x positions) tile of sample b in a 4-D tensor with strides s."""
+    return b.to(tl.int64) * s[0] + offs_c[:, None] * s[1] + (offs_p // width)[None, :] * s[2] \
+        + (offs_p % width)[None, :] * s[3]
 
 
 @triton.jit
@@ -139,23 +189,24 @@ def _clamped(norm, eps):
 def _tile(
     h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width, s_h, s_t, s_w,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (channels x positions) tile of sample b: the head's pre-activation z and the teacher map t, fp32."""
     z = _head_preact(h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
                      s_h[0], s_h[1], s_h[2], s_h[3], s_w[0], s_w[1], s_w[2], s_w[3],
-                     KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
-    t = _load_teacher(t_ptr, b, offs_c, offs_p, c_out, height, width, s_t[0], s_t[1], s_t[2], s_t[3])
+                     KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
+    mask = (offs_c < c_out)[:, None] & (offs_p < height * width)[None, :]
+    t = tl.load(t_ptr + _offsets4(b, offs_c, offs_p, width, s_t), mask=mask, other=0.0).to(tl.float32)
     return z, t
 
 
 @triton.jit
 def _forward_one_teacher(
-    h_ptr, t_ptr, w_ptr, bias_ptr, terms_ptr, stats_ptr, b, k, batch, slope, eps,
+    h_ptr, t_ptr, w_ptr, bias_ptr, terms_ptr, stats_ptr, b, k, batch, scale, slope, eps,
     c_in, c_out, height, width, s_h, s_t, s_w,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    SINGLE_TILE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr,
 ):
     n_pos = height * width
     arange_c = tl.arange(0, BLOCK_C)
@@ -163,7 +214,7 @@ def _forward_one_teacher(
     if SINGLE_TILE:
         # The whole sample lives in registers: one pass over memory.
         z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, arange_c, arange_p, c_in, c_out, height, width,
-                     s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                     s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
         y = _activate(z, slope, HAS_ACT)
         scale_y, sum_y = _running_sum_sq(y, NORM_SCALE_FLOOR, 0.0)
         scale_t, sum_t = _running_sum_sq(t, NORM_SCALE_FLOOR, 0.0)
@@ -183,7 +234,7 @@ def _forward_one_teacher(
                 offs_c = c0 + arange_c
                 offs_p = p0 + arange_p
                 z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
                 y = _activate(z, slope, HAS_ACT)
                 scale_y, sum_y = _running_sum_sq(y, scale_y, sum_y)
                 scale_t, sum_t = _running_sum_sq(t, scale_t, sum_t)
@@ -198,7 +249,7 @@ def _forward_one_teacher(
                 offs_c = c0 + arange_c
                 offs_p = p0 + arange_p
                 z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                             s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
                 u = _activate(z, slope, HAS_ACT) * inv_y
                 d = u - t * inv_t
                 acc_l1 += tl.sum(tl.abs(d), axis=1)
@@ -206,43 +257,44 @@ def _forward_one_teacher(
         l1 = tl.sum(acc_l1, axis=0)
         dot = tl.sum(acc_dot, axis=0)
     row = k * batch + b
-    tl.store(terms_ptr + row, l1)
+    tl.store(terms_ptr + row, scale * l1)
     tl.store(stats_ptr + row * 3 + 0, norm_y)
     tl.store(stats_ptr + row * 3 + 1, norm_t)
     tl.store(stats_ptr + row * 3 + 2, dot)
 
 
-@_autotuned
+@_autotuned(WARPS["forward"], _SHAPE_KEY + ["s_hs", "s_ts", "s_ws", "HAS_ACT"] + _TEACHER_KEY)
 @triton.jit
 def feed_forward_kernel(
-    hs, ts, ws, biases, terms_ptr, stats_ptr, batch, slope, eps,
+    hs, ts, ws, biases, terms_ptr, stats_ptr, batch, scales, slope, eps,
     c_ins, c_outs, heights, widths, s_hs, s_ts, s_ws,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    SINGLE_TILE: tl.constexpr, NUM_TEACHERS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
-    """Grid (B, K): terms[k, b] = sum_i |u_i - v_i|, stats[k, b] = (||y||, ||t||, <u, sign(u - v)>)."""
+    """Grid (B, K): terms[k, b] = scales[k] * sum_i |u_i - v_i|, stats[k, b] = (||y||, ||t||, <u, sign(u - v)>)."""
     b = tl.program_id(0)
     k = tl.program_id(1)
     for j in tl.static_range(NUM_TEACHERS):
         if k == j:
             _forward_one_teacher(
-                hs[j], ts[j], ws[j], biases[j], terms_ptr, stats_ptr, b, j, batch, slope, eps,
+                hs[j], ts[j], ws[j], biases[j], terms_ptr, stats_ptr, b, j, batch, scales[j], slope, eps,
                 c_ins[j], c_outs[j], heights[j], widths[j], s_hs[j], s_ts[j], s_ws[j],
-                KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], BLOCK_C[j], BLOCK_P[j], BLOCK_K[j],
-                SINGLE_TILE[j],
+                KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], BLOCK_C[j], BLOCK_P[j],
+                BLOCK_K[j], SINGLE_TILE[j],
             )
 
 
 @triton.jit
 def _grad_preact_one_teacher(
-    h_ptr, t_ptr, w_ptr, bias_ptr, dz_ptr, grad_terms_ptr, stats_ptr, b, k, batch, slope, eps,
-    c_in, c_out, height, width, s_h, s_t, s_w,
+    h_ptr, t_ptr, w_ptr, bias_ptr, dz_ptr, bias_part_ptr, grad_terms_ptr, stats_ptr, b, k, batch, scale,
+    slope, eps, c_in, c_out, height, width, s_h, s_t, s_w, s_dz, s_g,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     row = k * batch + b
-    g = tl.load(grad_terms_ptr + row)
+    g = tl.load(grad_terms_ptr + k * s_g[0] + b * s_g[1]) * scale
     norm_y = tl.load(stats_ptr + row * 3 + 0)
     norm_t = tl.load(stats_ptr + row * 3 + 1)
     dot = tl.load(stats_ptr + row * 3 + 2)
@@ -251,46 +303,53 @@ def _grad_preact_one_teacher(
     # Below eps the clamp holds the denominator constant: dL/dy = g * sign / eps, no projection term.
     proj = tl.where(norm_y >= eps, dot, 0.0)
     n_pos = height * width
-    dz_base = dz_ptr + b.to(tl.int64) * c_out * n_pos
-    for p0 in range(0, n_pos, BLOCK_P):
-        for c0 in range(0, c_out, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
+    for c0 in range(0, c_out, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        bias_part = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for p0 in range(0, n_pos, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
-                         s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, BLOCK_C, BLOCK_P, BLOCK_K)
+                         s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
             u = _activate(z, slope, HAS_ACT) * inv_y
             dy = g * (_sign(u - t * inv_t) - u * proj) * inv_y
             if HAS_ACT:
                 dy = tl.where(z > 0, dy, dy * slope)
             mask = (offs_c < c_out)[:, None] & (offs_p < n_pos)[None, :]
-            tl.store(dz_base + offs_c[:, None] * n_pos + offs_p[None, :], dy, mask=mask)
+            dy = tl.where(mask, dy, 0.0)
+            tl.store(dz_ptr + _offsets4(b, offs_c, offs_p, width, s_dz), dy.to(dz_ptr.dtype.element_ty), mask=mask)
+            if HAS_BIAS:
+                bias_part += tl.sum(dy, axis=1)
+        if HAS_BIAS:
+            tl.store(bias_part_ptr + b.to(tl.int64) * c_out + offs_c, bias_part, mask=offs_c < c_out)
 
 
-@_autotuned
+@_autotuned(WARPS["grad_preact"], _SHAPE_KEY + ["s_hs", "s_ts", "s_ws", "s_dzs", "HAS_ACT"] + _TEACHER_KEY)
 @triton.jit
 def feed_grad_preact_kernel(
-    hs, ts, ws, biases, dzs, grad_terms_ptr, stats_ptr, batch, slope, eps,
-    c_ins, c_outs, heights, widths, s_hs, s_ts, s_ws,
+    hs, ts, ws, biases, dzs, bias_parts, grad_terms_ptr, stats_ptr, batch, scales, slope, eps,
+    c_ins, c_outs, heights, widths, s_hs, s_ts, s_ws, s_dzs, s_g,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    NUM_TEACHERS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
-    """Grid (B, K): dz[k][b] = dL/dz (B, C_t, H, W contiguous, fp32), z the head's pre-activation."""
+    """Grid (B, K): dz[k][b] = dL/dz (z the head's pre-activation) in dz's dtype and strides, and
+    bias_parts[k][b, c] = sum over positions of dL/dz in float32."""
     b = tl.program_id(0)
     k = tl.program_id(1)
     for j in tl.static_range(NUM_TEACHERS):
         if k == j:
             _grad_preact_one_teacher(
-                hs[j], ts[j], ws[j], biases[j], dzs[j], grad_terms_ptr, stats_ptr, b, j, batch, slope, eps,
-                c_ins[j], c_outs[j], heights[j], widths[j], s_hs[j], s_ts[j], s_ws[j],
-                KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], BLOCK_C[j], BLOCK_P[j], BLOCK_K[j],
+                hs[j], ts[j], ws[j], biases[j], dzs[j], bias_parts[j], grad_terms_ptr, stats_ptr, b, j, batch,
+                scales[j], slope, eps, c_ins[j], c_outs[j], heights[j], widths[j], s_hs[j], s_ts[j], s_ws[j],
+                s_dzs[j], s_g, KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], BLOCK_C[j],
+                BLOCK_P[j], BLOCK_K[j],
             )
 
 
 @triton.jit
 def _grad_input_one_teacher(
-    dz_ptr, w_ptr, gh_ptr, pid_n, pid_c, batch, c_in, c_out, height, width, s_w, s_gh,
-    KS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    dz_ptr, w_ptr, gh_ptr, pid_n, pid_c, batch, c_in, c_out, height, width, s_dz, s_w, s_gh,
+    KS: tl.constexpr, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr,
     BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Output tile: BLOCK_CI input channels x BLOCK_N flattened (sample, position) indices.
@@ -319,20 +378,21 @@ def _grad_input_one_teacher(
                     mask=mask_ci[:, None] & mask_k[None, :], other=0.0,
                 )
                 dz = tl.load(
-                    dz_ptr + bi[None, :] * c_out * n_pos + offs_k[:, None] * n_pos + (oh * width + ow)[None, :],
+                    dz_ptr + bi[None, :] * s_dz[0] + offs_k[:, None] * s_dz[1] + oh[None, :] * s_dz[2]
+                    + ow[None, :] * s_dz[3],
                     mask=mask_k[:, None] & valid[None, :], other=0.0,
                 )
-                acc = _mma(w_t, dz, acc, DOT_DTYPE)
+                acc = _mma(w_t, dz, acc, DOT_DTYPE, TF32)
         ptrs = gh_ptr + bi[None, :] * s_gh[0] + offs_ci[:, None] * s_gh[1] + ph[None, :] * s_gh[2] \
             + pw[None, :] * s_gh[3]
         tl.store(ptrs, acc.to(gh_ptr.dtype.element_ty), mask=mask_ci[:, None] & mask_n[None, :])
 
 
-@_autotuned
+@_autotuned(WARPS["grad_input"], _SHAPE_KEY + ["s_dzs", "s_ws", "s_ghs", "KS", "HAS_W", "DOT_DTYPE", "TF32"])
 @triton.jit
 def feed_grad_input_kernel(
-    dzs, ws, ghs, batch, c_ins, c_outs, heights, widths, s_ws, s_ghs,
-    KS: tl.constexpr, HAS_W: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    dzs, ws, ghs, batch, c_ins, c_outs, heights, widths, s_dzs, s_ws, s_ghs,
+    KS: tl.constexpr, HAS_W: tl.constexpr, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr,
     BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
     """Grid (max N tiles, max C_in tiles, K): grad_h = conv_transpose(dz, W), in h's dtype and strides."""
@@ -345,15 +405,17 @@ def feed_grad_input_kernel(
             if k == j:
                 _grad_input_one_teacher(
                     dzs[j], ws[j], ghs[j], pid_n, pid_c, batch, c_ins[j], c_outs[j], heights[j], widths[j],
-                    s_ws[j], s_ghs[j], KS[j], DOT_DTYPE[j], BLOCK_CI[j], BLOCK_N[j], BLOCK_K[j],
+                    s_dzs[j], s_ws[j], s_ghs[j], KS[j], DOT_DTYPE[j], TF32[j], BLOCK_CI[j], BLOCK_N[j],
+                    BLOCK_K[j],
                 )
 
 
 @triton.jit
 def _grad_weight_one_teacher(
-    dz_ptr, h_ptr, gw_ptr, gb_ptr, pid_ct, pid_ci, tap, batch, c_in, c_out, height, width, s_h,
+    dz_ptr, h_ptr, bias_part_ptr, gw_ptr, gb_ptr, pid_ct, pid_ci, tap, batch, c_in, c_out, height, width,
+    s_dz, s_h, s_gw,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
+    TF32: tl.constexpr, BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_pos = height * width
     total = batch * n_pos
@@ -362,46 +424,49 @@ def _grad_weight_one_teacher(
     mask_ct = offs_ct < c_out
     mask_ci = offs_ci < c_in
     in_range = (pid_ct * BLOCK_CT < c_out) & (tap < KS * KS)
-    do_weight = HAS_W & in_range & (pid_ci * BLOCK_CI < c_in)
-    do_bias = HAS_BIAS & in_range & (pid_ci == 0) & (tap == 0)
-    if do_weight | do_bias:
-        dh = tap // KS - KS // 2
-        dw = tap % KS - KS // 2
-        acc = tl.zeros((BLOCK_CT, BLOCK_CI), dtype=tl.float32)
-        acc_b = tl.zeros((BLOCK_CT,), dtype=tl.float32)
-        # A fixed-order reduction over all (sample, position) pairs: deterministic, no atomics.
-        for n0 in range(0, total, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < total
-            bi = (offs_n // n_pos).to(tl.int64)
-            p = offs_n % n_pos
-            dz = tl.load(dz_ptr + bi[None, :] * c_out * n_pos + offs_ct[:, None] * n_pos + p[None, :],
-                         mask=mask_ct[:, None] & mask_n[None, :], other=0.0)
-            if do_bias:
-                acc_b += tl.sum(dz, axis=1)
-            if do_weight:
-                ih = p // width + dh
-                iw = p % width + dw
+    if HAS_W:
+        if in_range & (pid_ci * BLOCK_CI < c_in):
+            dh = tap // KS - KS // 2
+            dw = tap % KS - KS // 2
+            acc = tl.zeros((BLOCK_CT, BLOCK_CI), dtype=tl.float32)
+            # A fixed-order reduction over all (sample, position) pairs: deterministic, no atomics.
+            for n0 in range(0, total, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < total
+                bi = (offs_n // n_pos).to(tl.int64)
+                p = offs_n % n_pos
+                ph = p // width
+                pw = p % width
+                dz = tl.load(dz_ptr + bi[None, :] * s_dz[0] + offs_ct[:, None] * s_dz[1] + ph[None, :] * s_dz[2]
+                             + pw[None, :] * s_dz[3], mask=mask_ct[:, None] & mask_n[None, :], other=0.0)
+                ih = ph + dh
+                iw = pw + dw
                 valid = mask_n & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
                 x_t = tl.load(h_ptr + bi[:, None] * s_h[0] + offs_ci[None, :] * s_h[1] + ih[:, None] * s_h[2]
                               + iw[:, None] * s_h[3], mask=valid[:, None] & mask_ci[None, :], other=0.0)
-                acc = _mma(dz, x_t, acc, DOT_DTYPE)
-        if do_weight:
-            # grad_w is a contiguous (C_t, C_in, KS, KS) fp32 buffer.
-            ptrs = gw_ptr + offs_ct[:, None] * (c_in * KS * KS) + offs_ci[None, :] * (KS * KS) + tap
-            tl.store(ptrs, acc, mask=mask_ct[:, None] & mask_ci[None, :])
-        if do_bias:
-            tl.store(gb_ptr + offs_ct, acc_b, mask=mask_ct)
+                acc = _mma(dz, x_t, acc, DOT_DTYPE, TF32)
+            ptrs = gw_ptr + offs_ct[:, None] * s_gw[0] + offs_ci[None, :] * s_gw[1] + (tap // KS) * s_gw[2] \
+                + (tap % KS) * s_gw[3]
+            tl.store(ptrs, acc.to(gw_ptr.dtype.element_ty), mask=mask_ct[:, None] & mask_ci[None, :])
+    if HAS_BIAS:
+        if in_range & (pid_ci == 0) & (tap == 0):
+            # The per-sample partial sums of dL/dz, added in sample order: deterministic.
+            acc_b = tl.zeros((BLOCK_CT,), dtype=tl.float32)
+            for sample in range(0, batch):
+                acc_b += tl.load(bias_part_ptr + sample * c_out + offs_ct, mask=mask_ct, other=0.0)
+            tl.store(gb_ptr + offs_ct, acc_b.to(gb_ptr.dtype.element_ty), mask=mask_ct)
 
 
-@_autotuned
+@_autotuned(WARPS["grad_weight"], _SHAPE_KEY + ["s_dzs", "s_hs", "s_gws"] + _TEACHER_KEY)
 @triton.jit
 def feed_grad_weight_kernel(
-    dzs, hs, gws, gbs, batch, c_ins, c_outs, heights, widths, s_hs, ci_tiles,
+    dzs, hs, bias_parts, gws, gbs, batch, c_ins, c_outs, heights, widths, s_dzs, s_hs, s_gws, ci_tiles,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr, NUM_TEACHERS: tl.constexpr,
+    TF32: tl.constexpr, BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_TEACHERS: tl.constexpr,
 ):
-    """Grid (max C_t tiles * max C_in tiles, max taps, K): grad_w[ct, ci, tap] = sum_{b,p} dz h, grad_bias."""
+    """Grid (max C_t tiles * max C_in tiles, max taps, K): grad_w[ct, ci, tap] = sum_{b,p} dz h and
+    grad_bias[ct] = sum_b bias_parts[b, ct], each in its parameter's dtype and strides."""
     pid = tl.program_id(0)
     tap = tl.program_id(1)
     k = tl.program_id(2)
@@ -410,9 +475,9 @@ def feed_grad_weight_kernel(
     for j in tl.static_range(NUM_TEACHERS):
         if k == j:
             _grad_weight_one_teacher(
-                dzs[j], hs[j], gws[j], gbs[j], pid_ct, pid_ci, tap, batch, c_ins[j], c_outs[j], heights[j],
-                widths[j], s_hs[j], KS[j], HAS_W[j], HAS_BIAS[j], DOT_DTYPE[j], BLOCK_CT[j], BLOCK_CI[j],
-                BLOCK_N[j],
+                dzs[j], hs[j], bias_parts[j], gws[j], gbs[j], pid_ct, pid_ci, tap, batch, c_ins[j], c_outs[j],
+                heights[j], widths[j], s_dzs[j], s_hs[j], s_gws[j], KS[j], HAS_W[j], HAS_BIAS[j], DOT_DTYPE[j],
+                TF32[j], BLOCK_CT[j], BLOCK_CI[j], BLOCK_N[j],
             )
 
 
@@ -421,131 +486,159 @@ def feed_grad_weight_kernel(
 # replaced by a dummy pointer and switched off through the HAS_W / HAS_BIAS constexprs.
 
 _TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+BLOCK_N = 64  # (sample, position) pairs per step of the backward GEMMs
 
 
 def _pow2_between(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(n)))
 
 
-def _dot_dtype(student, weight):
-    """GEMM operand dtype: bf16/fp16 tensor cores when student and weight share that dtype, else float32, so
-    products are exact in the float32 accumulator either way. (FEEDLoss casts its weights like autocast.)"""
-    if weight is not None and weight.dtype == student.dtype:
-        return _TORCH_TO_TL[student.dtype]
-    return tl.float32
-
-
 def _strides4(x):
     return tuple(int(s) for s in x.stride()) if x is not None else (0, 0, 0, 0)
 
 
-class _Plan:
-    """Per-teacher launch parameters shared by the forward and backward launches."""
+def gemm_weight(weight):
+    """The weight as the kernels read it: C_in innermost (stride 1) so every weight tile load is contiguous.
+    1x1 and channels-last (OHWI) weights already are; a 3x3 OIHW weight is repacked (one copy per call;
+    FEEDLoss keeps its heads channels-last so the trainer never pays it)."""
+    if weight is None or weight.stride(1) == 1:
+        return weight
+    return weight.contiguous(memory_format=torch.channels_last)
 
-    def __init__(self, students, teachers, weights, biases, kernel_sizes):
-        self.num = len(teachers)
-        self.batch = int(teachers[0].shape[0])
-        self.c_ins = tuple(int(s.shape[1]) for s in students)
-        self.c_outs = tuple(int(t.shape[1]) for t in teachers)
-        self.heights = tuple(int(t.shape[2]) for t in teachers)
-        self.widths = tuple(int(t.shape[3]) for t in teachers)
+
+def _signature(x):
+    return None if x is None else (tuple(x.shape), tuple(x.stride()), x.dtype)
+
+
+class _Plan:
+    """Per-teacher launch parameters shared by the forward and backward launches; built once per signature
+    (shapes, strides, dtypes, GEMM dtypes, precision) and cached, so a training step does no planning."""
+
+    def __init__(self, h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32):
+        self.num = len(t_sig)
+        self.batch = t_sig[0][0][0]
+        self.c_ins = tuple(s[0][1] for s in h_sig)
+        self.c_outs = tuple(t[0][1] for t in t_sig)
+        self.heights = tuple(t[0][2] for t in t_sig)
+        self.widths = tuple(t[0][3] for t in t_sig)
         self.positions = tuple(h * w for h, w in zip(self.heights, self.widths))
-        self.has_w = tuple(w is not None for w in weights)
-        self.has_bias = tuple(b is not None for b in biases)
-        self.ks = tuple(max(1, k) for k in kernel_sizes)
-        self.dot_dtype = tuple(_dot_dtype(s, w) for s, w in zip(students, weights))
-        self.block_c = tuple(_pow2_between(c, 16, 64) for c in self.c_outs)
+        self.has_w = tuple(w is not None for w in w_sig)
+        self.has_bias = tuple(b is not None for b in b_sig)
+        self.ks = tuple(w[0][-1] if w is not None else 1 for w in w_sig)
+        self.dot_dtype = tuple(_TORCH_TO_TL[d] for d in dot_dtypes)
+        self.dot_torch_dtype = tuple(dot_dtypes)
+        # IEEE fp32 unless the caller opted into TF32; meaningless for bf16/fp16 operands, so False there.
+        self.tf32 = tuple(bool(tf32) and d == torch.float32 for d in dot_dtypes)
+        # GEMM depth per step: IEEE fp32 GEMMs are FMA loops that spill at 8 warps with 32-deep steps (ptxas
+        # caps them at 128 registers), 16 does not; tensor-core GEMMs take 32.
+        depth = tuple(16 if d == torch.float32 and not t else 32 for d, t in zip(dot_dtypes, self.tf32))
+        self.block_k = tuple(_pow2_between(c, 16, most) for c, most in zip(self.c_ins, depth))
+        # Output tiles of up to 64 x 64; IEEE fp32 forward tiles of 32 channels (ptxas spills the 64-channel FMA
+        # tile under Triton 3.8).
+        self.block_c = tuple(_pow2_between(c, 16, 32 if d == torch.float32 and not t else 64)
+                             for c, d, t in zip(self.c_outs, dot_dtypes, self.tf32))
         self.block_p = tuple(_pow2_between(p, 16, 64) for p in self.positions)
-        self.block_k = tuple(_pow2_between(c, 16, 32) for c in self.c_ins)
         self.single_tile = tuple(
             c <= bc and p <= bp for c, p, bc, bp in zip(self.c_outs, self.positions, self.block_c, self.block_p)
         )
-        self.s_h = tuple(_strides4(s) for s in students)
-        self.s_t = tuple(_strides4(t) for t in teachers)
-        self.s_w = tuple(_strides4(w) for w in weights)
+        self.s_h = tuple(s[1] for s in h_sig)
+        self.s_t = tuple(t[1] for t in t_sig)
+        # Backward tiling: input-gradient tiles over (C_in, B*HW), weight-gradient tiles over (C_t, C_in).
+        self.block_ci = tuple(_pow2_between(c, 16, 64) for c in self.c_ins)
+        self.block_co = tuple(_pow2_between(c, 16, most) for c, most in zip(self.c_outs, depth))
+        self.block_ct = tuple(_pow2_between(c, 16, 64) for c in self.c_outs)
+        self.n_tiles = max(triton.cdiv(self.batch * p, BLOCK_N) for p in self.positions)
+        self.c_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_ins, self.block_ci))
+        self.ct_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_outs, self.block_ct))
+        self.taps = max((k * k for k, has in zip(self.ks, self.has_w) if has), default=1)
+
+    def teacher_constexprs(self) -> dict:
+        return {"KS": self.ks, "HAS_W": self.has_w, "HAS_BIAS": self.has_bias, "DOT_DTYPE": self.dot_dtype,
+                "TF32": self.tf32}
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32) -> _Plan:
+    return _Plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32)
+
+
+def _plan(head_inputs, teachers, weights, biases, dot_dtypes, tf32) -> _Plan:
+    return _cached_plan(
+        tuple(_signature(x) for x in head_inputs), tuple(_signature(x) for x in teachers),
+        tuple(_signature(x) for x in weights), tuple(_signature(x) for x in biases), tuple(dot_dtypes), bool(tf32),
+    )
 
 
 def _or_dummy(tensors, dummy):
     return tuple(dummy if x is None else x for x in tensors)
 
 
-def feed_forward(students, teachers, weights, biases, kernel_sizes, negative_slope, eps):
-    """-> terms (K, B) fp32 per-sample L1 sums, stats (K, B, 3) fp32 for the backward."""
-    plan = _Plan(students, teachers, weights, biases, kernel_sizes)
-    device = teachers[0].device
-    terms = teachers[0].new_empty((plan.num, plan.batch), dtype=torch.float32, device=device)
-    stats = teachers[0].new_empty((plan.num, plan.batch, STATS), dtype=torch.float32, device=device)
+def feed_forward(head_inputs, teachers, weights, biases, scales, dot_dtypes, tf32, negative_slope, eps):
+    """-> terms (K, B) fp32, scales[k] * per-sample L1 sums, and stats (K, B, 3) fp32 for the backward.
+
+    dot_dtypes[k]: the GEMM operand dtype of teacher k's head (torch dtype; `feed_fast.head` decides it).
+    tf32: run float32 GEMMs as TF32 (else IEEE fp32)."""
+    weights = tuple(gemm_weight(w) for w in weights)
+    plan = _plan(head_inputs, teachers, weights, biases, dot_dtypes, tf32)
+    terms = teachers[0].new_empty((plan.num, plan.batch), dtype=torch.float32)
+    stats = teachers[0].new_empty((plan.num, plan.batch, STATS), dtype=torch.float32)
     feed_forward_kernel[(plan.batch, plan.num)](
-        tuple(students), tuple(teachers), _or_dummy(weights, terms), _or_dummy(biases, terms), terms, stats,
-        plan.batch, float(negative_slope or 0.0), float(eps),
-        plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t, plan.s_w,
-        KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, HAS_ACT=negative_slope is not None,
-        DOT_DTYPE=plan.dot_dtype, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
-        SINGLE_TILE=plan.single_tile, NUM_TEACHERS=plan.num,
+        tuple(head_inputs), tuple(teachers), _or_dummy(weights, terms), _or_dummy(biases, terms), terms, stats,
+        plan.batch, tuple(float(s) for s in scales), float(negative_slope or 0.0), float(eps),
+        plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t,
+        tuple(_strides4(w) for w in weights),
+        HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
+        SINGLE_TILE=plan.single_tile, NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
     )
     return terms, stats
 
 
-def feed_backward(grad_terms, stats, students, teachers, weights, biases, kernel_sizes, negative_slope, eps):
-    """-> (grad_students, grad_weights, grad_biases), tuples with None where a tensor was absent.
-    grad_students keep each student's dtype and memory format; weight/bias grads are fp32."""
-    plan = _Plan(students, teachers, weights, biases, kernel_sizes)
-    grad_terms = grad_terms.to(torch.float32).contiguous()
-    dzs = tuple(torch.empty((plan.batch, c, p), dtype=torch.float32, device=grad_terms.device)
-                for c, p in zip(plan.c_outs, plan.positions))
-    slope = float(negative_slope or 0.0)
+def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, scales, dot_dtypes, tf32,
+                  negative_slope, eps):
+    """-> (grad_head_inputs, grad_weights, grad_biases), tuples with None where a tensor was absent. Every
+    gradient has its tensor's dtype and memory format (fp32 master weights get fp32 gradients directly)."""
+    gemm_weights = tuple(gemm_weight(w) for w in weights)
+    plan = _plan(head_inputs, teachers, gemm_weights, biases, dot_dtypes, tf32)
+    grad_terms = grad_terms.to(torch.float32)
+    grad_h = tuple(torch.empty_like(h) for h in head_inputs)  # keeps each dtype and memory format
+    # dL/dz: for a teacher with a head conv, a channels-last scratch in the GEMM operand dtype (the GEMMs round
+    # it to that dtype anyway); without one, dL/dz is the input gradient and is written there directly.
+    dzs = tuple(
+        torch.empty(tuple(h.shape[:1]) + tuple(t.shape[1:]), dtype=d, device=t.device,
+                    memory_format=torch.channels_last) if has_w else g
+        for h, t, g, d, has_w in zip(head_inputs, teachers, grad_h, plan.dot_torch_dtype, plan.has_w)
+    )
+    bias_parts = tuple(
+        torch.empty((plan.batch, c), dtype=torch.float32, device=t.device) if has_b else None
+        for t, c, has_b in zip(teachers, plan.c_outs, plan.has_bias)
+    )
+    dummy = stats
     feed_grad_preact_kernel[(plan.batch, plan.num)](
-        tuple(students), tuple(teachers), _or_dummy(weights, grad_terms), _or_dummy(biases, grad_terms), dzs,
-        grad_terms, stats, plan.batch, slope, float(eps),
-        plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t, plan.s_w,
-        KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, HAS_ACT=negative_slope is not None,
-        DOT_DTYPE=plan.dot_dtype, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
-        NUM_TEACHERS=plan.num,
+        tuple(head_inputs), tuple(teachers), _or_dummy(gemm_weights, dummy), _or_dummy(biases, dummy), dzs,
+        _or_dummy(bias_parts, dummy), grad_terms, stats, plan.batch, tuple(float(s) for s in scales),
+        float(negative_slope or 0.0), float(eps), plan.c_ins, plan.c_outs, plan.heights, plan.widths,
+        plan.s_h, plan.s_t, tuple(_strides4(w) for w in gemm_weights), tuple(_strides4(d) for d in dzs),
+        tuple(int(s) for s in grad_terms.stride()),
+        HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
+        NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
     )
-
-    grad_students = []
-    for s, dz, has_w in zip(students, dzs, plan.has_w):
-        if has_w:
-            grad_students.append(torch.empty_like(s))  # keeps the student's dtype and memory format
-        else:  # no conv: dL/dh is dz itself
-            grad_students.append(dz.view_as(s).to(dtype=s.dtype, memory_format=_memory_format(s)))
     if any(plan.has_w):
-        block_n = 64
-        block_ci = tuple(_pow2_between(c, 16, 64) for c in plan.c_ins)
-        block_k = tuple(_pow2_between(c, 16, 32) for c in plan.c_outs)
-        n_tiles = max(triton.cdiv(plan.batch * p, block_n) for p in plan.positions)
-        c_tiles = max(triton.cdiv(c, b) for c, b in zip(plan.c_ins, block_ci))
-        feed_grad_input_kernel[(n_tiles, c_tiles, plan.num)](
-            dzs, _or_dummy(weights, grad_terms), tuple(grad_students), plan.batch,
-            plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_w,
-            tuple(_strides4(g) for g in grad_students),
-            KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype,
-            BLOCK_CI=block_ci, BLOCK_N=(block_n,) * plan.num, BLOCK_K=block_k, NUM_TEACHERS=plan.num,
+        feed_grad_input_kernel[(plan.n_tiles, plan.c_tiles, plan.num)](
+            dzs, _or_dummy(gemm_weights, dummy), grad_h, plan.batch, plan.c_ins, plan.c_outs, plan.heights,
+            plan.widths, tuple(_strides4(d) for d in dzs), tuple(_strides4(w) for w in gemm_weights),
+            tuple(_strides4(g) for g in grad_h),
+            KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32,
+            BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, BLOCK_K=plan.block_co, NUM_TEACHERS=plan.num,
         )
-
-    grad_weights = tuple(
-        torch.empty(tuple(w.shape), dtype=torch.float32, device=w.device) if w is not None else None
-        for w in weights
-    )
-    grad_biases = tuple(
-        torch.empty(tuple(b.shape), dtype=torch.float32, device=b.device) if b is not None else None
-        for b in biases
-    )
+    # Gradients in the caller's tensors' own dtype and layout, so autograd never has to cast or copy them.
+    grad_w = tuple(torch.empty_like(w) if w is not None else None for w in weights)
+    grad_b = tuple(torch.empty_like(b) if b is not None else None for b in biases)
     if any(plan.has_w) or any(plan.has_bias):
-        block_ct = tuple(_pow2_between(c, 16, 64) for c in plan.c_outs)
-        block_ci = tuple(_pow2_between(c, 16, 64) for c in plan.c_ins)
-        ct_tiles = max(triton.cdiv(c, b) for c, b in zip(plan.c_outs, block_ct))
-        ci_tiles = max(triton.cdiv(c, b) for c, b in zip(plan.c_ins, block_ci))
-        taps = max(k * k for k, has in zip(plan.ks, plan.has_w) if has) if any(plan.has_w) else 1
-        feed_grad_weight_kernel[(ct_tiles * ci_tiles, taps, plan.num)](
-            dzs, tuple(students), _or_dummy(grad_weights, grad_terms), _or_dummy(grad_biases, grad_terms),
-            plan.batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, ci_tiles,
-            KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, DOT_DTYPE=plan.dot_dtype,
-            BLOCK_CT=block_ct, BLOCK_CI=block_ci, BLOCK_N=(64,) * plan.num, NUM_TEACHERS=plan.num,
+        feed_grad_weight_kernel[(plan.ct_tiles * plan.c_tiles, plan.taps, plan.num)](
+            dzs, tuple(head_inputs), _or_dummy(bias_parts, dummy), _or_dummy(grad_w, dummy),
+            _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths,
+            tuple(_strides4(d) for d in dzs), plan.s_h, tuple(_strides4(g) for g in grad_w), plan.c_tiles,
+            BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, NUM_TEACHERS=plan.num,
+            **plan.teacher_constexprs(),
         )
-    return tuple(grad_students), grad_weights, grad_biases
-
-
-def _memory_format(x):
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
+    return grad_h, grad_w, grad_b

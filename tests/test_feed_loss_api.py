@@ -1,144 +1,29 @@
 """The public FEED loss API (`feed_loss`, `Translator`, `FEEDLoss`) on its torch backend.
 
-Expected values come from `expected_terms` below: the FEED math written out again in float64 with explicit
-loops and einsum, independent of feed_fast.reference. The fused kernels are tested in test_fused_kernels.py.
+Expected values come from `_feed_formula.expected_terms`: the FEED math written out again in float64 with
+explicit loops and einsum, independent of feed_fast.reference. Bad inputs are in test_feed_loss_validation.py,
+the fused kernels in test_fused_kernels.py.
 """
 
 from __future__ import annotations
 
-import math
-import re
-
 import pytest
 import torch
+from _feed_formula import (
+    BATCH,
+    CONFIGS,
+    assert_matches_formula,
+    conv_same,
+    expected_loss,
+    expected_terms,
+    grads_of,
+    leaves,
+    make_inputs,
+)
 from torch import nn
 
 import feed_fast
 from feed_fast import FEEDLoss, Translator, feed_loss
-
-# One teacher per tuple: (student channels, teacher channels, height, width, head) where head is
-# None (no weights: the student map itself is compared), "2d" (a 1x1 conv given as a 2-D weight) or 1 / 3.
-CONFIGS = {
-    "k1_no_weights": [(3, 3, 5, 4, None)],
-    "k1_2d_weight": [(4, 5, 3, 3, "2d")],
-    "k2_kernels_3_1": [(4, 6, 5, 5, 3), (6, 3, 2, 7, 1)],
-    "k3_mixed": [(5, 2, 3, 3, 3), (3, 7, 4, 6, 1), (2, 4, 1, 1, 3)],
-}
-BATCH = 3
-
-
-# ----------------------------------------------------------------------------------------------------
-# The independent float64 formula
-# ----------------------------------------------------------------------------------------------------
-def conv_same(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Stride-1 'same' convolution as a sum over kernel offsets of channel contractions."""
-    if weight.dim() == 2:
-        weight = weight[:, :, None, None]
-    size = weight.shape[-1]
-    pad = size // 2
-    batch, channels, height, width = x.shape
-    padded = x.new_zeros(batch, channels, height + 2 * pad, width + 2 * pad)
-    padded[:, :, pad : pad + height, pad : pad + width] = x
-    out = 0
-    for i in range(size):
-        for j in range(size):
-            window = padded[:, :, i : i + height, j : j + width]
-            out = out + torch.einsum("oc,bchw->bohw", weight[:, :, i, j], window)
-    return out
-
-
-def expected_terms(students, teachers, weights=None, biases=None, *, slope=None, eps=1e-12):
-    """(K, B) float64 of mean_i |u_i - v_i| per teacher and sample (differentiable for non-zero maps)."""
-    num = len(teachers)
-    weights = weights if weights is not None else [None] * num
-    biases = biases if biases is not None else [None] * num
-    rows = []
-    for s, t, w, b in zip(students, teachers, weights, biases):
-        y = s.double()
-        if w is not None:
-            y = conv_same(y, w.double())
-        if b is not None:
-            y = y + b.double()[None, :, None, None]
-        if slope is not None:
-            y = torch.where(y >= 0, y, slope * y)
-        y_flat = y.reshape(y.shape[0], -1)
-        t_flat = t.detach().double().reshape(t.shape[0], -1)
-        u = y_flat / torch.clamp(y_flat.pow(2).sum(1).sqrt(), min=eps)[:, None]
-        v = t_flat / torch.clamp(t_flat.pow(2).sum(1).sqrt(), min=eps)[:, None]
-        rows.append((u - v).abs().sum(1) / y_flat.shape[1])
-    return torch.stack(rows)
-
-
-def expected_loss(terms: torch.Tensor, teachers, beta: float, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return beta * terms
-    if reduction == "mean":
-        return beta * terms.mean(1).sum()
-    numels = torch.tensor([t[0].numel() for t in teachers], dtype=terms.dtype)
-    return beta * (terms * numels[:, None]).sum()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------------------
-def make_inputs(config, *, bias=True, dtype=torch.float32, seed=0, batch=BATCH):
-    """Random students, teachers, weights, biases (all leaves) for a CONFIGS entry."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    students, teachers, weights, biases = [], [], [], []
-    for c_in, c_t, h, w, head in config:
-        students.append(rand(batch, c_in, h, w).requires_grad_())
-        teachers.append(rand(batch, c_t, h, w))
-        if head is None:
-            weights.append(None)
-        elif head == "2d":
-            weights.append((rand(c_t, c_in) / math.sqrt(c_in)).requires_grad_())
-        else:
-            weights.append((rand(c_t, c_in, head, head) / math.sqrt(c_in * head * head)).requires_grad_())
-        biases.append((0.1 * rand(c_t)).requires_grad_() if bias else None)
-    if all(w is None for w in weights):
-        weights = None
-    if not bias:
-        biases = None
-    return students, teachers, weights, biases
-
-
-def leaves(students, weights, biases):
-    return [x for x in [*students, *(weights or []), *(biases or [])] if x is not None]
-
-
-def grads_of(loss, tensors):
-    total = loss.sum()
-    return torch.autograd.grad(total, tensors, allow_unused=False)
-
-
-def assert_matches_formula(students, teachers, weights, biases, *, slope, reduction, beta, rtol, atol):
-    got = feed_loss(
-        students,
-        teachers,
-        weights,
-        biases,
-        beta=beta,
-        negative_slope=slope,
-        reduction=reduction,
-        backend="torch",
-    )
-    terms = expected_terms(students, teachers, weights, biases, slope=slope)
-    want = expected_loss(terms, teachers, beta, reduction)
-    assert got.dtype == torch.float32
-    assert got.shape == want.shape
-    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
-
-    params = leaves(students, weights, biases)
-    got_grads = grads_of(got, params)
-    want_grads = grads_of(want, params)
-    for x, g, w in zip(params, got_grads, want_grads):
-        assert g.dtype == x.dtype and g.shape == x.shape
-        scale = w.abs().max().item() + 1e-30
-        torch.testing.assert_close(g.double(), w.double(), rtol=rtol, atol=atol * scale)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,287 +249,6 @@ def test_nan_or_inf_in_any_input_gives_a_non_finite_loss(argument, bad, reductio
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation errors: each names the argument and the teacher index
-# ----------------------------------------------------------------------------------------------------
-def valid_args():
-    students, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
-    return {"students": students, "teachers": teachers, "weights": weights, "biases": biases}
-
-
-def replace(args, name, k, value):
-    args[name] = list(args[name])
-    args[name][k] = value
-    return args
-
-
-def _k_mismatch(name):
-    def build(a):
-        a[name] = a[name][:1]
-        return a
-
-    return build
-
-
-ERROR_CASES = {
-    # name: (mutation of valid K=2 args, extra kwargs, exception, pattern that must be in the message)
-    "students_fewer_than_teachers": (
-        _k_mismatch("students"),
-        {},
-        ValueError,
-        r"students has 1 entries but teachers has 2",
-    ),
-    "weights_fewer_than_teachers": (
-        _k_mismatch("weights"),
-        {},
-        ValueError,
-        r"weights has 1 entries but teachers has 2",
-    ),
-    "biases_fewer_than_teachers": (
-        _k_mismatch("biases"),
-        {},
-        ValueError,
-        r"biases has 1 entries but teachers has 2",
-    ),
-    "teachers_fewer_than_students": (
-        _k_mismatch("teachers"),
-        {},
-        ValueError,
-        r"students has 2 entries but teachers has 1",
-    ),
-    "empty_teacher_list": (
-        lambda a: {**a, "teachers": [], "students": [], "weights": None, "biases": None},
-        {},
-        ValueError,
-        r"teachers must hold at least one tensor",
-    ),
-    "teacher_batch_mismatch": (
-        lambda a: replace(a, "teachers", 1, a["teachers"][1][:2]),
-        {},
-        ValueError,
-        r"teachers\[1\] has batch size 2, expected 3",
-    ),
-    "student_batch_mismatch": (
-        lambda a: replace(a, "students", 1, a["students"][1][:2]),
-        {},
-        ValueError,
-        r"students\[1\] has batch size 2, expected 3",
-    ),
-    "spatial_mismatch": (
-        lambda a: replace(a, "students", 1, torch.randn(3, 6, 2, 6)),
-        {},
-        ValueError,
-        r"students\[1\] has spatial size \(2, 6\), expected \(2, 7\)",
-    ),
-    "channels_without_weights": (
-        lambda a: {**a, "students": [torch.randn(3, 6, 5, 5), torch.randn(3, 5, 2, 7)], "weights": None},
-        {},
-        ValueError,
-        r"students\[1\] has 5 channels but teachers\[1\] has 3",
-    ),
-    "weight_channel_mismatch": (
-        lambda a: replace(a, "weights", 1, torch.randn(3, 4, 1, 1)),
-        {},
-        ValueError,
-        r"weights\[1\] has shape \(3, 4, 1, 1\), expected \(3, 6, 1, 1\)",
-    ),
-    "weight_out_channel_mismatch": (
-        lambda a: replace(a, "weights", 0, torch.randn(5, 4, 3, 3)),
-        {},
-        ValueError,
-        r"weights\[0\] has shape \(5, 4, 3, 3\), expected \(6, 4, 3, 3\)",
-    ),
-    "kernel_size_5": (
-        lambda a: replace(a, "weights", 1, torch.randn(3, 6, 5, 5)),
-        {},
-        ValueError,
-        r"weights\[1\] must be \(3, 6, k, k\) with k in \(1, 3\).*got shape \(3, 6, 5, 5\)",
-    ),
-    "kernel_not_square": (
-        lambda a: replace(a, "weights", 1, torch.randn(3, 6, 1, 3)),
-        {},
-        ValueError,
-        r"weights\[1\] must be .*got shape \(3, 6, 1, 3\)",
-    ),
-    "weight_3d": (
-        lambda a: replace(a, "weights", 0, torch.randn(6, 4, 3)),
-        {},
-        ValueError,
-        r"weights\[0\] must be .*got shape \(6, 4, 3\)",
-    ),
-    "bias_wrong_length": (
-        lambda a: replace(a, "biases", 1, torch.randn(4)),
-        {},
-        ValueError,
-        r"biases\[1\] has shape \(4\), expected \(3,\)",
-    ),
-    "bias_2d": (
-        lambda a: replace(a, "biases", 0, torch.randn(6, 1)),
-        {},
-        ValueError,
-        r"biases\[0\] has shape \(6, 1\), expected \(6,\)",
-    ),
-    "teacher_3d": (
-        lambda a: replace(a, "teachers", 1, torch.randn(3, 2, 7)),
-        {},
-        ValueError,
-        r"teachers\[1\] must be 4-D \(B, C, H, W\), got shape \(3, 2, 7\)",
-    ),
-    "student_3d": (
-        lambda a: replace(a, "students", 1, torch.randn(3, 6, 14)),
-        {},
-        ValueError,
-        r"students\[1\] must be 4-D",
-    ),
-    # Empty maps have no norm: 0/0 losses before, and torch's conv2d mis-shapes zero input channels.
-    "teacher_no_channels": (
-        lambda a: replace(a, "teachers", 1, torch.randn(3, 0, 2, 7)),
-        {},
-        ValueError,
-        r"teachers\[1\] has shape \(3, 0, 2, 7\); channels, height and width must be >= 1",
-    ),
-    "student_no_channels": (
-        lambda a: replace(a, "students", 1, torch.randn(3, 0, 2, 7)),
-        {},
-        ValueError,
-        r"students\[1\] has shape \(3, 0, 2, 7\); channels, height and width must be >= 1",
-    ),
-    "empty_spatial": (
-        lambda a: {
-            **a,
-            "students": [a["students"][0], torch.randn(3, 6, 0, 7)],
-            "teachers": [a["teachers"][0], torch.randn(3, 3, 0, 7)],
-        },
-        {},
-        ValueError,
-        r"teachers\[1\] has shape \(3, 3, 0, 7\); channels, height and width must be >= 1",
-    ),
-    "empty_batch": (
-        lambda a: {
-            "students": [s[:0] for s in a["students"]],
-            "teachers": [t[:0] for t in a["teachers"]],
-            "weights": a["weights"],
-            "biases": a["biases"],
-        },
-        {},
-        ValueError,
-        r"teachers\[0\] has batch size 0",
-    ),
-    "unknown_reduction": (lambda a: a, {"reduction": "avg"}, ValueError, r"reduction must be one of .*'avg'"),
-    "unknown_backend": (lambda a: a, {"backend": "cuda"}, ValueError, r"backend must be one of .*'cuda'"),
-    "eps_zero": (lambda a: a, {"eps": 0.0}, ValueError, r"eps must be > 0, got 0.0"),
-    "eps_negative": (lambda a: a, {"eps": -1e-12}, ValueError, r"eps must be > 0"),
-    "eps_nan": (lambda a: a, {"eps": float("nan")}, ValueError, r"eps must be > 0"),
-    "teachers_none": (
-        lambda a: {**a, "teachers": None},
-        {},
-        TypeError,
-        r"teachers must be a Tensor or a list",
-    ),
-    "students_not_tensor": (
-        lambda a: {**a, "students": 3.0},
-        {},
-        TypeError,
-        r"students must be a Tensor or a list/tuple of Tensors, got float",
-    ),
-    "student_entry_not_tensor": (
-        lambda a: replace(a, "students", 1, [[1.0]]),
-        {},
-        TypeError,
-        r"students\[1\] must be a torch.Tensor, got list",
-    ),
-    "weight_entry_not_tensor": (
-        lambda a: replace(a, "weights", 1, "w"),
-        {},
-        TypeError,
-        r"weights\[1\] must be a torch.Tensor, got str",
-    ),
-    "teacher_integer_dtype": (
-        lambda a: replace(a, "teachers", 1, a["teachers"][1].long()),
-        {},
-        TypeError,
-        r"teachers\[1\] has dtype torch.int64; expected one of float32",
-    ),
-    "bias_integer_dtype": (
-        lambda a: replace(a, "biases", 1, torch.zeros(3, dtype=torch.int32)),
-        {},
-        TypeError,
-        r"biases\[1\] has dtype torch.int32",
-    ),
-    "beta_string": (lambda a: a, {"beta": "500"}, TypeError, r"beta must be a real number, got str"),
-    "beta_bool": (lambda a: a, {"beta": True}, TypeError, r"beta must be a real number, got bool"),
-    "slope_string": (
-        lambda a: a,
-        {"negative_slope": "0.1"},
-        TypeError,
-        r"negative_slope must be None or a real",
-    ),
-    "student_on_other_device": (
-        lambda a: replace(a, "students", 1, a["students"][1].detach().to("meta")),
-        {},
-        ValueError,
-        r"students\[1\] is on meta, expected cpu \(as teachers\[0\]\)",
-    ),
-    "teacher_on_other_device": (
-        lambda a: replace(a, "teachers", 1, a["teachers"][1].to("meta")),
-        {},
-        ValueError,
-        r"teachers\[1\] is on meta, expected cpu",
-    ),
-    "weight_on_other_device": (
-        lambda a: replace(a, "weights", 1, a["weights"][1].detach().to("meta")),
-        {},
-        ValueError,
-        r"weights\[1\] is on meta, expected cpu",
-    ),
-    "bias_on_other_device": (
-        lambda a: replace(a, "biases", 0, a["biases"][0].detach().to("meta")),
-        {},
-        ValueError,
-        r"biases\[0\] is on meta, expected cpu",
-    ),
-    "float64_student_on_triton": (
-        lambda a: replace(a, "students", 1, a["students"][1].detach().double()),
-        {"backend": "triton"},
-        TypeError,
-        r"students\[1\] is float64; backend='triton' takes float32",
-    ),
-    "float64_teacher_on_triton": (
-        lambda a: replace(a, "teachers", 0, a["teachers"][0].double()),
-        {"backend": "triton"},
-        TypeError,
-        r"teachers\[0\] is float64",
-    ),
-    "float64_weight_on_triton": (
-        lambda a: replace(a, "weights", 1, a["weights"][1].detach().double()),
-        {"backend": "triton"},
-        TypeError,
-        r"weights\[1\] is float64",
-    ),
-    "float64_bias_on_triton": (
-        lambda a: replace(a, "biases", 1, a["biases"][1].detach().double()),
-        {"backend": "triton"},
-        TypeError,
-        r"biases\[1\] is float64",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_bad_input_raises_a_clear_error(case):
-    mutate, kwargs, error, pattern = ERROR_CASES[case]
-    args = mutate(valid_args())
-    with pytest.raises(error, match=pattern):
-        feed_loss(args["students"], args["teachers"], args["weights"], args["biases"], **kwargs)
-
-
-def test_triton_backend_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    args = valid_args()
-    with pytest.raises(ValueError, match=re.escape("backend='triton' needs CUDA tensors (got cpu)")):
-        feed_loss(args["students"], args["teachers"], args["weights"], args["biases"], backend="triton")
-
-
-# ----------------------------------------------------------------------------------------------------
 # Translator
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("final_kernel_size", [1, 3])
@@ -763,12 +367,6 @@ def test_feed_loss_module_takes_one_tensor_for_one_teacher():
     torch.testing.assert_close(module(x, t).total, module(x, [t]).total)
 
 
-def test_feed_loss_module_rejects_wrong_teacher_count():
-    module = FEEDLoss(3, [2, 2], backend="torch")
-    with pytest.raises(ValueError, match=r"teacher_features has 1 entries, expected 2"):
-        module(torch.randn(2, 3, 3, 3), [torch.randn(2, 2, 3, 3)])
-    with pytest.raises(ValueError, match=r"teacher_channels must name at least one teacher"):
-        FEEDLoss(3, [])
 
 
 def test_feed_loss_module_under_autocast_returns_float32():
@@ -788,7 +386,22 @@ def test_feed_loss_module_under_autocast_returns_float32():
     assert torch.isfinite(head.weight.grad).all()
 
 
-def test_feed_loss_module_names_a_spatial_mismatch():
-    module = FEEDLoss(3, [2, 4], backend="torch")
-    with pytest.raises(ValueError, match=r"students\[1\] has spatial size \(3, 3\), expected \(2, 2\)"):
-        module(torch.randn(2, 3, 3, 3), [torch.randn(2, 2, 3, 3), torch.randn(2, 4, 2, 2)])
+
+# ----------------------------------------------------------------------------------------------------
+# The argument's name: head_inputs, with students= as a deprecated alias for one release
+# ----------------------------------------------------------------------------------------------------
+def test_head_inputs_by_keyword_and_the_deprecated_students_alias():
+    head_inputs, teachers, weights, biases = make_inputs(CONFIGS["k2_kernels_3_1"])
+    positional = feed_loss(head_inputs, teachers, weights, biases, reduction="none", backend="torch")
+    keyword = feed_loss(head_inputs=head_inputs, teachers=teachers, weights=weights, biases=biases,
+                        reduction="none", backend="torch")
+    with pytest.warns(DeprecationWarning, match=r"students=\.\.\.\) is deprecated.*head_inputs"):
+        alias = feed_loss(students=head_inputs, teachers=teachers, weights=weights, biases=biases,
+                          reduction="none", backend="torch")
+    assert torch.equal(keyword, positional) and torch.equal(alias, positional)
+
+
+def test_head_inputs_and_students_together_is_an_error():
+    head_inputs, teachers, _, _ = make_inputs(CONFIGS["k1_no_weights"])
+    with pytest.raises(TypeError, match=r"both head_inputs and students"):
+        feed_loss(head_inputs, teachers, students=head_inputs, backend="torch")
