@@ -98,7 +98,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_terms: Tensor, _grad_stats):
-    num, num_w, num_b = ctx.counts
+    num, num_w, _ = ctx.counts
     stats, *saved = ctx.saved_tensors
     head_inputs, teachers = saved[:num], saved[num : 2 * num]
     weights, biases = saved[2 * num : 2 * num + num_w], saved[2 * num + num_w :]

@@ -424,7 +424,7 @@ def _grad_weight_one_teacher(
     mask_ct = offs_ct < c_out
     mask_ci = offs_ci < c_in
     in_range = (pid_ct * BLOCK_CT < c_out) & (tap < KS * KS)
-    if HAS_W:
+    if HAS_W:  # noqa: SIM102 -- a constexpr `if` and a runtime `if` do not merge in Triton
         if in_range & (pid_ci * BLOCK_CI < c_in):
             dh = tap // KS - KS // 2
             dw = tap % KS - KS // 2
@@ -448,11 +448,11 @@ def _grad_weight_one_teacher(
             ptrs = gw_ptr + offs_ct[:, None] * s_gw[0] + offs_ci[None, :] * s_gw[1] + (tap // KS) * s_gw[2] \
                 + (tap % KS) * s_gw[3]
             tl.store(ptrs, acc.to(gw_ptr.dtype.element_ty), mask=mask_ct[:, None] & mask_ci[None, :])
-    if HAS_BIAS:
+    if HAS_BIAS:  # noqa: SIM102
         if in_range & (pid_ci == 0) & (tap == 0):
             # The per-sample partial sums of dL/dz, added in sample order: deterministic.
             acc_b = tl.zeros((BLOCK_CT,), dtype=tl.float32)
-            for sample in range(0, batch):
+            for sample in range(batch):
                 acc_b += tl.load(bias_part_ptr + sample * c_out + offs_ct, mask=mask_ct, other=0.0)
             tl.store(gb_ptr + offs_ct, acc_b.to(gb_ptr.dtype.element_ty), mask=mask_ct)
 

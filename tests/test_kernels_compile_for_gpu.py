@@ -1,33 +1,50 @@
 """The fused kernels compile to GPU machine code (cubin) for an H100 and an A100, on this GPU-less machine.
 
-The interpreter tests prove the math; this proves the same source passes Triton's real compiler and uses
-tensor-core instructions (wgmma on sm_90, mma.sync on sm_80). It does not run the code: `-m gpu` does that.
+The interpreter tests prove the math; this proves the same source passes Triton's real compiler, that bf16
+GEMMs become bf16 tensor-core instructions (wgmma on sm_90, mma.sync on sm_80), that float32 GEMMs contain no
+TF32 instruction unless TF32 was allowed, and that nothing spills. It does not run the code: `-m gpu` does that.
 """
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 triton = pytest.importorskip("triton")
-PROBE = Path(__file__).with_name("gpu_compile_probe.py")
+from _compile_probe import probe_rows, register_table
+
 KERNELS = {"feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel", "feed_grad_weight_kernel"}
+VARIANTS = {"bf16", "fp32", "fp32_tf32"}
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+needs_ptxas = pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
 
 
-@pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
+def warps_per_kernel():
+    from feed_fast.kernels.feed_loss import WARPS
+
+    return {f"feed_{name}_kernel": set(warps) for name, warps in WARPS.items()}
+
+
+@needs_ptxas
 @pytest.mark.parametrize("arch, tensor_core_op", [(90, "wgmma"), (80, "mma_sync")])
-def test_kernels_compile_to_cubin_with_tensor_core_instructions(arch, tensor_core_op):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(PROBE), str(arch)], capture_output=True, text=True, env=env, check=False,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert {r["kernel"] for r in rows} == KERNELS
-    # Every autotuning config of every kernel compiles.
-    assert {(r["kernel"], r["num_warps"]) for r in rows} == {(k, w) for k in KERNELS for w in (4, 8)}
+def test_kernels_compile_with_the_right_gemm_instructions(arch, tensor_core_op):
+    rows = probe_rows(arch)
+    # Every autotuning config of every kernel compiles, in every variant.
+    expected = {(v, k, w) for v in VARIANTS for k, warps in warps_per_kernel().items() for w in warps}
+    assert {(r["variant"], r["kernel"], r["num_warps"]) for r in rows} == expected
     for row in rows:
-        assert row["cubin_bytes"] > 0, row
-        assert row[tensor_core_op] > 0, f"{row['kernel']} has no {tensor_core_op} instruction for sm_{arch}"
+        where = f"{row['variant']} {row['kernel']} (sm_{arch}, {row['num_warps']} warps)"
+        assert row["cubin_bytes"] > 0, where
+        if row["variant"] == "bf16":
+            assert row[tensor_core_op] > 0, f"{where} has no {tensor_core_op} instruction"
+            assert row["bf16_mma"] == row[tensor_core_op], f"{where}: a tensor-core GEMM is not bf16"
+        elif row["variant"] == "fp32":  # IEEE fp32: no TF32 rounding, hence no tensor-core GEMM at all
+            assert row["tf32_mma"] == 0, f"{where} rounds float32 operands to TF32"
+            assert row["wgmma"] == row["mma_sync"] == 0, f"{where} uses tensor cores for IEEE fp32"
+        else:  # the user opted into TF32: the check above would see it
+            assert row["tf32_mma"] > 0, f"{where} has no TF32 instruction although TF32 was allowed"
+
+
+@needs_ptxas
+def test_no_kernel_spills_registers_on_sm80():
+    """sm_90 is checked under both Triton versions in test_triton_versions.py."""
+    rows = probe_rows(80)
+    assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), register_table(rows)
