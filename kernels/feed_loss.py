@@ -94,15 +94,24 @@ _TEACHER_KEY = ["KS", "HAS_W", "HAS_BIAS", "DOT_DTYPE", "TF32"]
 
 
 @triton.jit
+def _dot_operand(x, DOT_DTYPE: tl.constexpr):
+    if INTERPRETED:
+        if (DOT_DTYPE == tl.bfloat16) and (x.dtype == tl.float32):
+            # The interpreter truncates float32 -> bfloat16 where a GPU rounds to nearest even: round here.
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        return x.to(DOT_DTYPE).to(tl.float32)
+    return x.to(DOT_DTYPE)
+
+
+@triton.jit
 def _mma(a, b, acc, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr):
     """acc + a @ b with operands rounded to DOT_DTYPE in registers (bf16/fp16 tensor cores, or fp32: IEEE,
     or TF32 when the caller allowed it) and fp32 accumulation. fp32 master weights are read once and cast here.
     (TF32 is a bool rather than the precision string: Triton 3.6 cannot index a tuple of string constexprs.)"""
-    a = a.to(DOT_DTYPE)
-    b = b.to(DOT_DTYPE)
-    if INTERPRETED:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
+    a = _dot_operand(a, DOT_DTYPE)
+    b = _dot_operand(b, DOT_DTYPE)
     if TF32:
         return tl.dot(a, b, acc, input_precision="tf32")
     return tl.dot(a, b, acc, input_precision="ieee")
