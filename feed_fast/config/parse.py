@@ -173,7 +173,8 @@ def describe(tp: Any) -> str:
         choices = get_args(tp)
         return f"{choices[0]!r} or {choices[1]!r}" if len(choices) == 2 else f"one of {list(choices)}"
     if origin is list:
-        return f"a list of {describe(get_args(tp)[0])}"
+        (item,) = get_args(tp)
+        return f"a list of {'mappings {' + ', '.join(f.name for f in fields(item)) + '}' if is_dataclass(item) else describe(item)}"
     if tp is dict or origin is dict:
         return "a mapping of keyword arguments"
     if is_dataclass(tp):

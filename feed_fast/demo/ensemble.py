@@ -27,7 +27,10 @@ def evaluate_ensemble(student_exports: Sequence[str], data_root: str, *, image_s
     through the same loader and scored by the same `evaluate` as every training run."""
     from ..engine import evaluate, load_student
     from ..loaders import build_loader
+    from ..runtime import memory_format_for
 
-    ensemble = SoftmaxEnsemble([load_student(path) for path in student_exports]).to(device)
-    loader = build_loader(data_root, "val", batch_size, dataset="imagefolder", image_size=image_size, device=device)
+    memory_format = memory_format_for(device)  # the runtime's default layout, for the models and the batches
+    ensemble = SoftmaxEnsemble([load_student(path) for path in student_exports]).to(device, memory_format=memory_format)
+    loader = build_loader(data_root, "val", batch_size, dataset="imagefolder", image_size=image_size, device=device,
+                          memory_format=memory_format)
     return evaluate(ensemble, loader)

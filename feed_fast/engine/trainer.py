@@ -13,7 +13,7 @@ from ..atomic_files import atomic_save
 from ..config import ConfigError, RunConfig
 from ..methods import Method
 from ..models import count_parameters
-from ..runtime import Runtime
+from ..runtime import DistInfo, Runtime
 from ..runtime.distributed import any_rank, broadcast_buffers
 from .checkpoint import student_export
 from .data import Loaders
@@ -67,7 +67,7 @@ class GenerationTrainer:
         return self.step.distiller
 
     @property
-    def dist(self):
+    def dist(self) -> DistInfo:
         return self.runtime.dist
 
     # --- the loop --------------------------------------------------------------------------------
