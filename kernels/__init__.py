@@ -1,1 +1,6 @@
-"""Triton kernels (imported as `feed_fast.kernels`). Nothing here but kernels and their launchers."""
+"""Triton kernels, nothing else: the fused FEED loss (`feed_loss.py`) and its launchers.
+
+Imported as `feed_fast.kernels`: the folder sits at the top of the repository (the project's layout names
+what lives where) and pyproject.toml's package-dir mapping installs it inside the `feed_fast` namespace, so no
+generic top-level `kernels` import name is claimed. Importing it needs triton; `feed_fast` itself does not.
+"""
