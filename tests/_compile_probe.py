@@ -25,7 +25,7 @@ def installed_triton(version: str) -> tuple[Path | None, str]:
     target = cache_root() / f"triton-{version}"
     if (target / "triton" / "__init__.py").exists():
         return target, ""
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # parallel sessions do not collide
     shutil.rmtree(partial, ignore_errors=True)
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(partial),
                f"triton=={version}"]
@@ -35,7 +35,10 @@ def installed_triton(version: str) -> tuple[Path | None, str]:
         return None, f"pip install triton=={version} timed out"
     if done.returncode != 0:
         return None, f"pip install triton=={version} failed (offline?): {done.stderr.strip()[-500:]}"
-    partial.rename(target)  # only a complete install is ever found under the final name
+    try:
+        partial.rename(target)  # only a complete install is ever found under the final name
+    except OSError:  # another session finished first
+        shutil.rmtree(partial, ignore_errors=True)
     return target, ""
 
 
