@@ -1,14 +1,19 @@
-"""Forward+backward time and peak memory of the FEED loss op: fused Triton kernels (backend "triton"), the
-hybrid (cuDNN head conv + fused rest, backend "hybrid"), the eager PyTorch reference and torch.compile of that
-reference, at CIFAR and ImageNet shapes, under bf16 autocast (bf16 features and heads, as in AMP training).
+"""Forward+backward of the FEED loss op against what a user would write, per shape, layout and head kernel.
 
-    python benchmarks/bench_feed_loss.py                 # GPU: full shapes -> benchmarks/results/feed_loss_<gpu>.json
-    python benchmarks/bench_feed_loss.py --smoke         # tiny shapes, a few iterations (the default on CPU)
-    TRITON_INTERPRET=1 python benchmarks/bench_feed_loss.py --smoke --out /tmp/bench.json   # CPU incl. fused
+    python benchmarks/bench_feed_loss.py                       # GPU: the full grid -> benchmarks/results/
+    python benchmarks/bench_feed_loss.py --shapes cifar        # one shape of the grid
+    TRITON_INTERPRET=1 python benchmarks/bench_feed_loss.py    # CPU: smoke shapes (the default off a GPU)
 
-What is timed is one training step of the loss alone: `feed_loss(students, teachers, weights, biases)` on K
-translator heads (students = the inputs of the NTLs' last convs, width channels) and `.backward()`, with
-gradients to the students, weights and biases. Speed is reported, never asserted.
+One step = `feed_loss(head_inputs, teachers, weights, biases)` on K translator heads under bf16 autocast, and
+`.backward()` (benchmarks/feed_loss_impls.py lists the implementations; benchmarks/feed_loss_shapes.py the
+grid). Inputs are channels-last as the trainer passes them (NCHW as a second row) and are rotated among
+enough sets to span twice the H100's L2, so no step finds its inputs warm.
+
+Per case: p20/median/p80 step time (CUDA events on a GPU), achieved TFLOP/s and GB/s against the H100's
+limits, extra peak memory, kernels per step and GPU-busy time (torch.profiler), and two device-independent
+figures the CPU measures for real: bytes saved for backward (beyond the step's own inputs) and launches per
+step (Triton kernels + aten ops that launch work), the latter also for K = 1..4 teachers.
+Speed is reported, never asserted. The JSON is rewritten after every case, so a run cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -27,205 +32,250 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from feed_loss_impls import (
+    BASELINE,
+    COMPILED_IMPLS,
+    IMPLS,
+    KERNEL_IMPLS,
+    default_compile_backend,
+    make_loss_fn,
+    training_step,
+)
+from feed_loss_probes import peak_extra_mib, probe_step, profile_device, resolved_plan
+from feed_loss_shapes import (
+    ALL_SHAPES,
+    AUTOCAST_DTYPE,
+    BETA,
+    FEATURE_DTYPE,
+    FULL_SHAPES,
+    H100_LIMITS,
+    HEAD_DTYPE,
+    KERNEL_SIZES,
+    LAYOUTS,
+    NEGATIVE_SLOPE,
+    SMOKE_SHAPES,
+    ShapeSet,
+    StepInputs,
+    make_inputs,
+    minimum_bytes,
+    rotation_sets,
+    useful_flops,
+)
 
-from feed_fast import feed_loss
 from feed_fast.environment import environment
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# fused kernels; cuDNN head conv + fused rest; eager reference; torch.compile of the reference
-IMPLS = ("triton", "hybrid", "torch", "compile")
-KERNEL_IMPLS = ("triton", "hybrid")  # the ones that need Triton (a GPU, or the interpreter in smoke runs)
-BETA, NEGATIVE_SLOPE = 500.0, 0.1  # FT's official beta; the translator head's LeakyReLU
-# AMP training: bf16 features, and heads in bf16 as autocast (and FEEDLoss under autocast) hands them over.
-# Every impl runs under bf16 autocast, so eager's convs are bf16 cuDNN convs too: one footing for all.
-FEATURE_DTYPE = HEAD_DTYPE = torch.bfloat16
+SWEEP_TEACHERS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
-class ShapeSet:
-    """One benchmark shape: K teachers (C_t, H, W) and translator heads fed `width` channels."""
-
-    name: str
-    batch: int
-    student: tuple[int, int, int]  # the student's feature map (C, H, W), for the record
-    width: int  # channels into each translator's last conv (NTL width)
-    teachers: tuple[tuple[int, int, int], ...]
+class Case:
+    shape: ShapeSet
+    kernel_size: int
+    layout: str
+    impl: str
 
 
-FULL_SHAPES = (
-    # ResNet-56-like student and three 64x8x8 teachers, B=128 (FT/FEED CIFAR setting).
-    ShapeSet("cifar", 128, (64, 8, 8), 64, ((64, 8, 8),) * 3),
-    # ResNet-18/34 layer4 student and teachers at 224 px, B=256.
-    ShapeSet("imagenet", 256, (512, 7, 7), 512, ((512, 7, 7),) * 3),
-    # The same with a ResNet-50 teacher (2048x7x7) in the ensemble: teachers differ in channels.
-    ShapeSet("imagenet_r50_teacher", 256, (512, 7, 7), 512, ((512, 7, 7), (512, 7, 7), (2048, 7, 7))),
-)
-SMOKE_SHAPES = (
-    # Tiny, odd-sized versions of the two families above: they prove the script, not the speed.
-    ShapeSet("smoke_cifar_like", 2, (6, 4, 4), 6, ((5, 4, 4),) * 3),
-    ShapeSet("smoke_mixed_teachers", 2, (6, 3, 3), 6, ((5, 3, 3), (5, 3, 3), (9, 3, 3))),
-)
-KERNEL_SIZES = (3, 1)
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def make_inputs(shape: ShapeSet, kernel_size: int, device: torch.device, seed: int = 0):
-    """Random students/teachers (bf16) and head weights/biases (fp32) for one shape; grads on all but teachers."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-
-    def rand(*size, dtype, scale=1.0):
-        return (scale * torch.randn(*size, generator=gen)).to(device=device, dtype=dtype)
-
-    students, teachers, weights, biases = [], [], [], []
-    for c_t, h, w in shape.teachers:
-        students.append(rand(shape.batch, shape.width, h, w, dtype=FEATURE_DTYPE).requires_grad_())
-        teachers.append(rand(shape.batch, c_t, h, w, dtype=FEATURE_DTYPE))
-        fan_in = shape.width * kernel_size * kernel_size
-        weights.append(rand(c_t, shape.width, kernel_size, kernel_size, dtype=HEAD_DTYPE, scale=fan_in**-0.5))
-        biases.append(rand(c_t, dtype=HEAD_DTYPE, scale=0.1))
-    for x in (*weights, *biases):
-        x.requires_grad_()
-    return students, teachers, weights, biases
-
-
-def loss_function(impl: str, compile_backend: str) -> Callable:
-    def eager(students, teachers, weights, biases, backend="torch"):
-        with torch.autocast(students[0].device.type, dtype=FEATURE_DTYPE):
-            return feed_loss(
-                students, teachers, weights, biases, beta=BETA, negative_slope=NEGATIVE_SLOPE, backend=backend
-            )
-
-    if impl in KERNEL_IMPLS:
-        return lambda *inputs: eager(*inputs, backend=impl)
-    if impl == "torch":
-        return eager
-    torch._dynamo.reset()  # each shape compiles afresh instead of filling one recompile cache
-    return torch.compile(eager, backend=compile_backend, dynamic=False)
-
-
-def training_step(loss_fn: Callable, inputs) -> torch.Tensor:
-    students, _, weights, biases = inputs
-    for x in (*students, *weights, *biases):
-        x.grad = None
-    loss = loss_fn(*inputs)
-    loss.backward()
-    return loss
-
-
-def time_steps(loss_fn: Callable, inputs, device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Milliseconds per step: CUDA events on GPU (no host sync inside the loop), perf_counter on CPU."""
-    for _ in range(warmup):
-        training_step(loss_fn, inputs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)
-        ]
-        for start, end in events:
-            start.record()
-            training_step(loss_fn, inputs)
-            end.record()
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
-    for _ in range(iters):
-        begin = time.perf_counter()
-        training_step(loss_fn, inputs)
-        times.append(1e3 * (time.perf_counter() - begin))
-    return times
-
-
-def peak_extra_mib(loss_fn: Callable, inputs, device: torch.device) -> float | None:
-    """Memory one step allocates above its inputs (grads included), in MiB. None off the GPU."""
-    if device.type != "cuda":
-        return None
-    students, _, weights, biases = inputs
-    for x in (*students, *weights, *biases):
-        x.grad = None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    training_step(loss_fn, inputs)
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
-def fused_skip_reason(device: torch.device, smoke: bool) -> str | None:
-    """Why the fused case cannot run here, or None when it can."""
+def kernel_skip_reason(device: torch.device) -> str | None:
+    """Why the Triton implementations cannot run here, or None when they can."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     try:
         import feed_fast.fused  # noqa: F401
     except ImportError as error:
-        return f"fused kernels not available (feed_fast.fused: {error}); only the reference paths ran"
+        return f"fused kernels not available (feed_fast.fused: {error}); only the torch paths ran"
     if device.type == "cuda" and interpreted:
         return "TRITON_INTERPRET=1 on a GPU would time the interpreter, not the kernels: unset it"
     if device.type != "cuda" and not interpreted:
-        return "no GPU and TRITON_INTERPRET is not 1: the fused case needs one or the other"
-    if device.type != "cuda" and not smoke:
-        return "the Triton interpreter is far too slow for full shapes on the CPU: use --smoke"
+        return "no GPU and TRITON_INTERPRET is not 1: the Triton cases need one or the other"
     return None
 
 
-def run_case(shape: ShapeSet, kernel_size: int, impl: str, args, device, skip_fused: str | None) -> dict:
-    record = {"shape": shape.name, "kernel_size": kernel_size, "impl": impl, "status": "ok", "note": None}
-    if impl in KERNEL_IMPLS and skip_fused:
-        return {**record, "status": "skipped", "note": skip_fused}
-    try:
-        inputs = make_inputs(shape, kernel_size, device)
-        loss_fn = loss_function(impl, args.compile_backend)
-        loss = training_step(loss_fn, inputs).item()  # first call: compiles / autotunes outside the timing
-        times = time_steps(loss_fn, inputs, device, args.warmup, args.iters)
-        memory = peak_extra_mib(loss_fn, inputs, device)
-    except Exception as error:  # noqa: BLE001 -- one failing case must not hide the others' numbers
-        return {**record, "status": "error", "note": f"{type(error).__name__}: {error}"}
+def spread(times: list[float]) -> dict:
+    """p20 / median / p80 / min of per-step milliseconds."""
+    if len(times) == 1:
+        p20 = p80 = times[0]
+    else:
+        p20, _, _, p80 = statistics.quantiles(times, n=5, method="inclusive")
+    return {"p20_ms": p20, "median_ms": statistics.median(times), "p80_ms": p80, "min_ms": min(times)}
+
+
+def time_steps(loss_fn: Callable, sets: list[StepInputs], device: torch.device, warmup: int, iters: int):
+    """Milliseconds per step, step i on input set i mod len(sets): CUDA events on a GPU (no host sync inside
+    the loop), perf_counter on the CPU."""
+    for i in range(warmup):
+        training_step(loss_fn, sets[i % len(sets)])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            training_step(loss_fn, sets[i % len(sets)])
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for i in range(iters):
+        begin = time.perf_counter()
+        training_step(loss_fn, sets[i % len(sets)])
+        times.append(1e3 * (time.perf_counter() - begin))
+    return times
+
+
+def roofline(shape: ShapeSet, kernel_size: int, median_ms: float, device_name: str) -> dict:
+    """Achieved TFLOP/s (useful FLOPs) and GB/s (minimum bytes), and their fractions of the H100's limits."""
+    seconds = median_ms / 1e3
+    tflops = useful_flops(shape, kernel_size) / seconds / 1e12
+    gbps = minimum_bytes(shape, kernel_size) / seconds / 1e9
+    h100 = "H100" in device_name
     return {
-        **record,
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "iters": len(times),
-        "peak_extra_mib": memory,
-        "loss": loss,
+        "achieved_tflops": tflops,
+        "achieved_gbps": gbps,
+        "tflops_fraction_of_limit": tflops / H100_LIMITS["bf16_dense_tflops"] if h100 else None,
+        "gbps_fraction_of_limit": gbps / H100_LIMITS["memory_gbps"] if h100 else None,
     }
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
+def run_case(case: Case, args, device: torch.device, skip_kernels: str | None) -> dict:
+    record = {
+        "shape": case.shape.name,
+        "kernel_size": case.kernel_size,
+        "layout": case.layout,
+        "impl": case.impl,
+        "status": "ok",
+        "note": None,
+    }
+    if case.impl in KERNEL_IMPLS and skip_kernels:
+        return {**record, "status": "skipped", "note": skip_kernels}
+    n_sets = args.sets or (rotation_sets(case.shape, case.kernel_size) if device.type == "cuda" else 2)
+    try:
+        sets = [make_inputs(case.shape, case.kernel_size, device, case.layout, seed=i) for i in range(n_sets)]
+        loss_fn = make_loss_fn(case.impl, args.compile_backend)
+        loss = training_step(loss_fn, sets[0]).item()  # first call: compiles / autotunes outside the timing
+        times = time_steps(loss_fn, sets, device, args.warmup, args.iters)
+    except Exception as error:  # noqa: BLE001 -- one failing case must not hide the others' numbers
+        return {**record, "status": "error", "note": f"{type(error).__name__}: {error}"}
+    record.update(sets=n_sets, iters=len(times), loss=loss, **spread(times))
+    record.update(roofline(case.shape, case.kernel_size, record["median_ms"], args.device_name))
+    record.update(run_probes(loss_fn, sets, device, args.profile_steps, count=case.impl not in COMPILED_IMPLS))
+    return record
+
+
+def run_probes(loss_fn: Callable, sets: list[StepInputs], device, profile_steps: int, count: bool) -> dict:
+    """Memory, saved bytes, launches and the device profile of one implementation. A probe that fails
+    leaves its figure empty and says why in `probe_errors`, beside the timing that did work."""
+
+    def one_step():
+        return training_step(loss_fn, sets[0])
+
+    def profiled():
+        return profile_device(lambda i: training_step(loss_fn, sets[i % len(sets)]), profile_steps, device)
+
+    probes = {
+        "peak_extra_mib": lambda: peak_extra_mib(one_step, device),
+        # Launches are counted through the dispatcher: a compiled graph hides its kernels from it.
+        "saved_and_launches": lambda: probe_step(one_step, sets[0].all_tensors(), count=count),
+        "profile": profiled if profile_steps else lambda: None,
+    }
+    record, errors = {}, {}
+    for name, probe in probes.items():
+        try:
+            value = probe()
+        except Exception as error:  # noqa: BLE001
+            errors[name], value = f"{type(error).__name__}: {error}", None
+        if name == "saved_and_launches":
+            record["saved_for_backward"], record["launches"] = value or (None, None)
+            record["resolved_plan"] = resolved_plan(record["launches"]) if record["launches"] else None
+        else:
+            record[name] = value
+    if errors:
+        record["probe_errors"] = errors
+    return record
+
+
+def sweep_counts(impl: str, shape: ShapeSet, kernel_size: int, layout: str, device, compile_backend: str) -> tuple:
+    """(launches, profiled kernels per step or None) of one step with `shape`'s teachers."""
+    inputs = make_inputs(shape, kernel_size, device, layout)
+    loss_fn = make_loss_fn(impl, compile_backend)
+
+    def step(_=None):
+        return training_step(loss_fn, inputs)
+
+    step()  # compile / autotune this K first: counts are of the steady state
+    _, launches = probe_step(step, [], count=True)
+    profiled = profile_device(step, 3, device)
+    return launches, profiled["kernels_per_step"] if profiled else None
+
+
+def launch_sweep(shape: ShapeSet, kernel_size: int, layout: str, impls, device, skip_kernels, args) -> dict:
+    """Launches per step with K = 1..4 copies of the shape's first teacher, for every implementation the
+    dispatcher can see into (on a GPU also the profiler's kernels per step). A fused op's must stay flat."""
+    rows = {}
+    for impl in impls:
+        if impl in COMPILED_IMPLS or (impl in KERNEL_IMPLS and skip_kernels):
+            continue
+        row = {"teachers": list(SWEEP_TEACHERS), "total": [], "triton": [], "aten": [], "gpu_kernels": []}
+        by_op = []
+        try:
+            for count in SWEEP_TEACHERS:
+                launches, kernels = sweep_counts(
+                    impl, shape.with_teachers(count), kernel_size, layout, device, args.compile_backend
+                )
+                for key in ("total", "triton", "aten"):
+                    row[key].append(launches[key])
+                by_op.append(launches["aten_by_op"])
+                row["gpu_kernels"].append(kernels)
+        except Exception as error:  # noqa: BLE001
+            rows[impl] = {**row, "error": f"{type(error).__name__}: {error}"}
+            continue
+        row["constant_in_k"] = len(set(row["total"])) == 1
+        # The aten ops whose count changes with K: what makes a count grow.
+        row["ops_growing_with_k"] = {
+            op: [ops.get(op, 0) for ops in by_op]
+            for op in sorted(set().union(*by_op))
+            if len({ops.get(op, 0) for ops in by_op}) > 1
+        }
+        rows[impl] = row
+    return {"shape": shape.name, "kernel_size": kernel_size, "layout": layout, "head_input_width": shape.width,
+            "teacher": list(shape.teachers[0]), "batch": shape.batch, "by_impl": rows}
+
+
+def ratio(numerator, denominator) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
     return numerator / denominator
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """Per shape and kernel size: speedups of the fused op and its memory relative to eager."""
-    by_case: dict[tuple, dict[str, dict]] = {}
+    """Per (shape, kernel size, layout): every implementation against the eager baseline and compile."""
+    groups: dict[tuple, dict[str, dict]] = {}
     for r in results:
-        by_case.setdefault((r["shape"], r["kernel_size"]), {})[r["impl"]] = r if r["status"] == "ok" else {}
+        key = (r["shape"], r["kernel_size"], r["layout"])
+        groups.setdefault(key, {})[r["impl"]] = r if r["status"] == "ok" else {}
     rows = []
-    for (shape, kernel_size), impls in by_case.items():
-        fused, hybrid, eager, compiled = (impls.get(name, {}) for name in IMPLS)
-        eager_loss = eager.get("loss")
-        rows.append(
-            {
-                "shape": shape,
-                "kernel_size": kernel_size,
-                "fused_speedup_vs_eager": ratio(eager.get("median_ms"), fused.get("median_ms")),
-                "fused_speedup_vs_compile": ratio(compiled.get("median_ms"), fused.get("median_ms")),
-                "hybrid_speedup_vs_eager": ratio(eager.get("median_ms"), hybrid.get("median_ms")),
-                "hybrid_speedup_vs_compile": ratio(compiled.get("median_ms"), hybrid.get("median_ms")),
-                "compile_speedup_vs_eager": ratio(eager.get("median_ms"), compiled.get("median_ms")),
-                "fused_memory_vs_eager": ratio(fused.get("peak_extra_mib"), eager.get("peak_extra_mib")),
-                "hybrid_memory_vs_eager": ratio(hybrid.get("peak_extra_mib"), eager.get("peak_extra_mib")),
-                # A benchmark of wrong numbers is worthless: record how far each loss is from eager's.
-                "fused_loss_rel_diff": rel_diff(fused.get("loss"), eager_loss),
-                "hybrid_loss_rel_diff": rel_diff(hybrid.get("loss"), eager_loss),
-                "compile_loss_rel_diff": rel_diff(compiled.get("loss"), eager_loss),
+    for (shape, kernel_size, layout), impls in groups.items():
+        eager = impls.get(BASELINE, {})
+        eager_saved = (eager.get("saved_for_backward") or {}).get("extra_bytes")
+        row = {"shape": shape, "kernel_size": kernel_size, "layout": layout, "vs_eager": {}}
+        for impl, r in impls.items():
+            if not r or impl == BASELINE:
+                continue
+            row["vs_eager"][impl] = {
+                "speedup": ratio(eager.get("median_ms"), r.get("median_ms")),
+                "speedup_vs_compile": ratio(impls.get("compile", {}).get("median_ms"), r.get("median_ms")),
+                "speedup_vs_compile_reduce_overhead": ratio(
+                    impls.get("compile_reduce_overhead", {}).get("median_ms"), r.get("median_ms")
+                ),
+                "peak_memory_ratio": ratio(r.get("peak_extra_mib"), eager.get("peak_extra_mib")),
+                "saved_extra_ratio": ratio((r.get("saved_for_backward") or {}).get("extra_bytes"), eager_saved),
+                # A benchmark of wrong numbers is worthless: how far each loss is from the baseline's.
+                "loss_rel_diff": ratio(abs(r["loss"] - eager["loss"]), abs(eager["loss"])) if eager else None,
             }
-        )
+        rows.append(row)
     return rows
-
-
-def rel_diff(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference is None:
-        return None
-    return abs(value - reference) / max(abs(reference), 1e-30)
 
 
 def device_slug(name: str) -> str:
@@ -240,60 +290,69 @@ def default_out(device: torch.device, smoke: bool) -> Path:
     return Path(tempfile.gettempdir()) / "feed_fast_bench" / f"feed_loss_{device.type}_{suffix}.json"
 
 
-def print_table(results: list[dict], summary: list[dict], impls) -> None:
-    print(f"{'shape':<22} {'k':>2} {'impl':<8} {'median ms':>10} {'peak MiB':>9}  note")
-    for r in results:
-        median = f"{r['median_ms']:.3f}" if r["status"] == "ok" else r["status"]
-        memory = r.get("peak_extra_mib")
-        memory = f"{memory:.1f}" if memory is not None else "-"
-        print(
-            f"{r['shape']:<22} {r['kernel_size']:>2} {r['impl']:<8} {median:>10} {memory:>9}  {r['note'] or ''}"
-        )
-    for s in summary:
-        fmt = lambda v: "-" if v is None else f"{v:.2f}x"
-        for impl in (i for i in KERNEL_IMPLS if i in impls):
-            name = "fused" if impl == "triton" else impl
-            print(
-                f"{s['shape']} k={s['kernel_size']} {impl}: vs eager {fmt(s[f'{name}_speedup_vs_eager'])}, "
-                f"vs compile {fmt(s[f'{name}_speedup_vs_compile'])}, "
-                f"memory vs eager {fmt(s[f'{name}_memory_vs_eager'])}"
-            )
+def write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def fmt(value, spec=".3f", unit="") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def print_report(report: dict) -> None:
+    print(f"{'shape':<22} {'k':>1} {'layout':<13} {'impl':<23} {'median ms':>10} {'p20-p80':>17} "
+          f"{'TFLOP/s':>8} {'peak MiB':>8} {'saved+ KiB':>10} {'launch':>6}")
+    for r in report["results"]:
+        head = f"{r['shape']:<22} {r['kernel_size']:>1} {r['layout']:<13} {r['impl']:<23}"
+        if r["status"] != "ok":
+            print(f"{head} {r['status']}: {r['note']}")
+            continue
+        saved = (r.get("saved_for_backward") or {}).get("extra_bytes")
+        launches = (r.get("launches") or {}).get("total")
+        print(f"{head} {r['median_ms']:>10.3f} {fmt(r['p20_ms']):>8}-{fmt(r['p80_ms']):<8} "
+              f"{fmt(r['achieved_tflops'], '.2f'):>8} {fmt(r.get('peak_extra_mib'), '.1f'):>8} "
+              f"{fmt(saved and saved / 1024, '.1f'):>10} {fmt(launches, 'd'):>6}")
+    for row in report["summary"]:
+        for impl, s in row["vs_eager"].items():
+            print(f"{row['shape']} k={row['kernel_size']} {row['layout']} {impl}: "
+                  f"{fmt(s['speedup'], '.2f', 'x')} vs eager, {fmt(s['speedup_vs_compile'], '.2f', 'x')} vs compile, "
+                  f"saved-for-backward {fmt(s['saved_extra_ratio'], '.4f', 'x')} of eager's")
+    for sweep in report["launches_vs_teachers"]:
+        for impl, row in sweep["by_impl"].items():
+            print(f"launches per step, {sweep['layout']}, K={row['teachers']}: {impl:<7} {row['total']} "
+                  f"(triton {row['triton']}){'' if row.get('constant_in_k') else ' grows with K'}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--smoke", action="store_true", default=None, help="tiny shapes (default without a GPU)"
-    )
+    mode.add_argument("--smoke", action="store_true", default=None, help="tiny shapes (default without a GPU)")
     mode.add_argument("--full", dest="smoke", action="store_false", help="the real shapes (default on a GPU)")
-    parser.add_argument(
-        "--out", type=Path, help="JSON path (default: benchmarks/results/ on GPU, else a temp dir)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, help="untimed steps per case after the first (default 10 full, 0 smoke)"
-    )
-    parser.add_argument("--iters", type=int, help="timed steps per case (default 50 full, 2 smoke)")
-    parser.add_argument("--shapes", nargs="+", help="only these shape names")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default 1 in CPU smoke runs: steady on a shared machine)",
-    )
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/ on a GPU, else a temp dir)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(ALL_SHAPES), help="only these shapes")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
-    parser.add_argument(
-        "--kernel-sizes", nargs="+", type=int, choices=KERNEL_SIZES, default=list(KERNEL_SIZES)
-    )
-    parser.add_argument(
-        "--compile-backend",
-        help="torch.compile backend (default inductor on GPU; aot_eager on CPU, where inductor's C++ build "
-        "takes about 30 s per shape)",
-    )
+    parser.add_argument("--kernel-sizes", nargs="+", type=int, choices=KERNEL_SIZES, default=list(KERNEL_SIZES))
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--warmup", type=int, help="untimed steps per case after the first (default 10; smoke 0)")
+    parser.add_argument("--iters", type=int, help="timed steps per case (default 50; smoke 2)")
+    parser.add_argument("--sets", type=int, help="input sets to rotate (default: 2x the H100 L2 on a GPU, 2 on CPU)")
+    parser.add_argument("--profile-steps", type=int, help="steps under torch.profiler on a GPU (default 5; 0: off)")
+    parser.add_argument("--sweep-shape", choices=sorted(ALL_SHAPES),
+                        help="shape of the launches-vs-K sweep (default: the first shape run)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the launches-vs-K sweep")
+    parser.add_argument("--budget-s", type=float,
+                        help="start no new case after this many seconds (the rest are recorded as skipped)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default 1 on the CPU: steady on a "
+                        "shared machine)")
+    parser.add_argument("--compile-backend", help="torch.compile backend (default inductor on a GPU, aot_eager on "
+                        "the CPU, where Inductor's C++ build takes 15-30 s per shape)")
     args = parser.parse_args(argv)
-    for name in ("warmup", "iters"):
+    for name, low in (("warmup", 0), ("iters", 1), ("sets", 1), ("profile_steps", 0)):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "warmup" else 1):
-            parser.error(f"--{name} must be >= {0 if name == 'warmup' else 1}, got {value}")
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     return args
 
 
@@ -303,73 +362,89 @@ def main(argv=None) -> int:
     smoke = device.type != "cuda" if args.smoke is None else args.smoke
     args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 10)
     args.iters = args.iters if args.iters is not None else (2 if smoke else 50)
-    args.compile_backend = args.compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
-    shapes = SMOKE_SHAPES if smoke else FULL_SHAPES
-    if args.shapes:
-        known = {s.name for s in SMOKE_SHAPES + FULL_SHAPES}
-        unknown = sorted(set(args.shapes) - known)
-        if unknown:
-            print(f"error: --shapes {unknown} unknown; choose from {sorted(known)}", file=sys.stderr)
-            return 2
-        shapes = tuple(s for s in SMOKE_SHAPES + FULL_SHAPES if s.name in args.shapes)
-    if args.threads or (device.type == "cpu" and smoke):
+    args.profile_steps = args.profile_steps if args.profile_steps is not None else (0 if smoke else 5)
+    args.compile_backend = args.compile_backend or default_compile_backend(device)
+    if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
-
-    skip_fused = fused_skip_reason(device, smoke) if set(KERNEL_IMPLS) & set(args.impls) else None
-    results = [
-        run_case(shape, kernel_size, impl, args, device, skip_fused)
-        for shape in shapes
+    env = environment(device)
+    args.device_name = env["device"]["name"]
+    shapes = [ALL_SHAPES[name] for name in args.shapes] if args.shapes else list(SMOKE_SHAPES if smoke else FULL_SHAPES)
+    # Most wanted first: a run cut short by --budget-s keeps the trainer's layout and the paper's 3x3 head.
+    cases = [
+        Case(shape, kernel_size, layout, impl)
+        for layout in args.layouts
         for kernel_size in args.kernel_sizes
+        for shape in shapes
         for impl in args.impls
     ]
-    summary = summarize(results)
+    skip_kernels = kernel_skip_reason(device) if set(KERNEL_IMPLS) & set(args.impls) else None
     notes = []
     if smoke:
-        notes.append(
-            "smoke run: tiny shapes and few steps prove the script works; the times are not the op's speed "
-            "(on the CPU the Triton cases run in the interpreter)"
-        )
-    if skip_fused:
-        notes.append(skip_fused)
+        notes.append("smoke run: tiny shapes and few steps prove the script works; the times are not the op's "
+                     "speed (on the CPU the Triton cases run in the interpreter)")
+    elif device.type != "cuda":
+        notes.append("CPU run: times are the Triton interpreter's and CPU torch's, not a GPU's; the saved bytes and "
+                     "launch counts are the device-independent figures")
+    if skip_kernels:
+        notes.append(skip_kernels)
+    out = args.out or default_out(device, smoke)
     report = {
-        "benchmark": "feed_loss forward+backward (students, weights, biases get gradients)",
+        "benchmark": "feed_loss forward+backward (head inputs, weights, biases get gradients)",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "smoke" if smoke else "full",
-        **environment(device),
+        **env,
         "settings": {
-            "warmup": args.warmup,
-            "iters": args.iters,
+            "warmup": args.warmup, "iters": args.iters, "sets": args.sets or "auto", "profile_steps": args.profile_steps,
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
-            "statistic": "median",
+            "statistics": ["p20", "median", "p80", "min"],
             "compile_backend": args.compile_backend,
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-            "beta": BETA,
-            "negative_slope": NEGATIVE_SLOPE,
-            "reduction": "mean",
+            "autocast_dtype": dtype_name(AUTOCAST_DTYPE),
+            "beta": BETA, "negative_slope": NEGATIVE_SLOPE, "reduction": "mean",
+            "baseline": BASELINE,
+            "limits": H100_LIMITS,
+            "flops": "useful: 3 head convs (forward, input grad, weight grad), 2 per multiply-add",
+            "bytes": "minimum: every input read once, every gradient written once",
+            "saved_for_backward": "bytes autograd keeps between forward and backward, once per storage; "
+                                  "extra_bytes leaves out the step's own inputs",
+            "launches": "Triton launches + dispatched aten ops that launch work, one step; not for compiled graphs",
         },
-        "dtypes": {
-            "students": str(FEATURE_DTYPE).removeprefix("torch."),
-            "teachers": str(FEATURE_DTYPE).removeprefix("torch."),
-            "weights": str(HEAD_DTYPE).removeprefix("torch."),
-            "biases": str(HEAD_DTYPE).removeprefix("torch."),
-            "loss": "float32",
-        },
+        "dtypes": {"head_inputs": dtype_name(FEATURE_DTYPE), "teachers": dtype_name(FEATURE_DTYPE),
+                   "weights": dtype_name(HEAD_DTYPE), "biases": dtype_name(HEAD_DTYPE), "loss": "float32"},
         "shapes": [asdict(s) for s in shapes],
         "kernel_sizes": list(args.kernel_sizes),
-        "results": results,
-        "speedups": summary,
+        "layouts": list(args.layouts),
+        "results": [],
+        "summary": [],
+        "launches_vs_teachers": [],
         "notes": notes,
     }
-    out = args.out or default_out(device, smoke)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
-    print_table(results, summary, args.impls)
+    started = time.monotonic()
+    for case in cases:
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            record = {"shape": case.shape.name, "kernel_size": case.kernel_size, "layout": case.layout,
+                      "impl": case.impl, "status": "skipped", "note": f"time budget of {args.budget_s:.0f} s reached"}
+        else:
+            record = run_case(case, args, device, skip_kernels)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the case's input sets are gone: start the next one from a clean pool
+        report["results"].append(record)
+        report["summary"] = summarize(report["results"])
+        write_json(out, report)
+    sweep_shape = ALL_SHAPES[args.sweep_shape] if args.sweep_shape else shapes[0]
+    for layout in [] if args.no_sweep else args.layouts:
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            break
+        sweep = launch_sweep(sweep_shape, args.kernel_sizes[0], layout, args.impls, device, skip_kernels, args)
+        report["launches_vs_teachers"].append(sweep)
+        write_json(out, report)
+    report["wall_s"] = time.monotonic() - started
+    write_json(out, report)
+    print_report(report)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out}")
-    return 1 if any(r["status"] == "error" for r in results) else 0
+    return 1 if any(r["status"] == "error" for r in report["results"]) else 0
 
 
 if __name__ == "__main__":
