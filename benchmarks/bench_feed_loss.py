@@ -38,6 +38,7 @@ from feed_loss_impls import (
     IMPLS,
     KERNEL_IMPLS,
     default_compile_backend,
+    kernel_skip_reason,
     make_loss_fn,
     training_step,
 )
@@ -78,20 +79,6 @@ class Case:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def kernel_skip_reason(device: torch.device) -> str | None:
-    """Why the Triton implementations cannot run here, or None when they can."""
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    try:
-        import feed_fast.fused  # noqa: F401
-    except ImportError as error:
-        return f"fused kernels not available (feed_fast.fused: {error}); only the torch paths ran"
-    if device.type == "cuda" and interpreted:
-        return "TRITON_INTERPRET=1 on a GPU would time the interpreter, not the kernels: unset it"
-    if device.type != "cuda" and not interpreted:
-        return "no GPU and TRITON_INTERPRET is not 1: the Triton cases need one or the other"
-    return None
 
 
 def spread(times: list[float]) -> dict:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -78,6 +79,20 @@ def make_loss_fn(impl: str, compile_backend: str = "inductor") -> Callable:
         return compiled(*inputs)
 
     return step_of_graphs
+
+
+def kernel_skip_reason(device: torch.device) -> str | None:
+    """Why the Triton implementations cannot run on `device`, or None when they can."""
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    try:
+        import feed_fast.fused  # noqa: F401
+    except ImportError as error:
+        return f"fused kernels not available (feed_fast.fused: {error}); only the torch paths ran"
+    if device.type == "cuda" and interpreted:
+        return "TRITON_INTERPRET=1 on a GPU would time the interpreter, not the kernels: unset it"
+    if device.type != "cuda" and not interpreted:
+        return "no GPU and TRITON_INTERPRET is not 1: the Triton cases need one or the other"
+    return None
 
 
 def training_step(loss_fn: Callable, inputs: StepInputs) -> torch.Tensor:

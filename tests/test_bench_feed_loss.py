@@ -286,12 +286,12 @@ def test_budget_stops_new_cases_and_keeps_the_json(tmp_path):
 def test_kernel_cases_are_skipped_with_a_reason(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if fused_importable():
-        assert "TRITON_INTERPRET" in bench.kernel_skip_reason(CPU)
+        assert "TRITON_INTERPRET" in impls.kernel_skip_reason(CPU)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     if fused_importable():
-        assert bench.kernel_skip_reason(CPU) is None
+        assert impls.kernel_skip_reason(CPU) is None
     monkeypatch.setitem(sys.modules, "feed_fast.fused", None)  # as on a platform without triton
-    assert "fused kernels not available" in bench.kernel_skip_reason(CPU)
+    assert "fused kernels not available" in impls.kernel_skip_reason(CPU)
 
 
 def test_spread_and_default_output():
