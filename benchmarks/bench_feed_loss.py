@@ -24,6 +24,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +66,8 @@ from feed_loss_shapes import (
 
 from feed_fast.environment import environment
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 SWEEP_TEACHERS = (1, 2, 3, 4)
 
 
@@ -75,6 +77,20 @@ class Case:
     kernel_size: int
     layout: str
     impl: str
+
+
+def source_record() -> dict:
+    """The commit measured and the op/benchmark files that differed from it (None outside a git checkout,
+    e.g. a copied tree on a GPU machine)."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        modified = git("status", "--porcelain", "--", "kernels", "feed_fast", "benchmarks").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": None}
+    return {"commit": commit, "modified": [line[3:] for line in modified]}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -380,6 +396,7 @@ def main(argv=None) -> int:
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "smoke" if smoke else "full",
         **env,
+        "source": source_record(),
         "settings": {
             "warmup": args.warmup, "iters": args.iters, "sets": args.sets or "auto", "profile_steps": args.profile_steps,
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
