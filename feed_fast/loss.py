@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .functional import feed_loss
 from .numerics import DEFAULT_EPS
-from .translator import Translator
+from .translator import TranslatorGroup
 
 
 class FEEDLossOutput(NamedTuple):
@@ -20,7 +20,8 @@ class FEEDLossOutput(NamedTuple):
 class FEEDLoss(nn.Module):
     """pFEED's feature loss: one translator per teacher, all fed the student's last feature map.
 
-    `forward(student_feature, teacher_features)` runs each translator's body eagerly and hands its last conv
+    `forward(student_feature, teacher_features)` runs the translators' bodies (grouped across teachers: two convs
+    for all K, see `TranslatorGroup`) and hands each translator's last conv
     (+ bias + LeakyReLU) to `feed_loss`, which fuses it with the normalisation and the L1 distance. The heads'
     fp32 parameters go in as they are: under autocast `feed_loss` runs the head GEMMs in the autocast dtype
     (`feed_fast.head`), the fused kernels cast in registers and write fp32 gradients directly. The heads are
@@ -45,22 +46,23 @@ class FEEDLoss(nn.Module):
         if len(teacher_channels) == 0:
             raise ValueError("teacher_channels must name at least one teacher")
         self.beta, self.eps, self.backend = beta, eps, backend
-        self.translators = nn.ModuleList(
-            Translator(
-                student_channels,
-                c,
-                width,
-                final_kernel_size=final_kernel_size,
-                batch_norm=batch_norm,
-                final_activation=final_activation,
-                negative_slope=negative_slope,
-            )
-            for c in teacher_channels
+        self.translators = TranslatorGroup(
+            student_channels,
+            list(teacher_channels),
+            width,
+            final_kernel_size=final_kernel_size,
+            batch_norm=batch_norm,
+            final_activation=final_activation,
+            negative_slope=negative_slope,
         )
-        for translator in self.translators:
-            translator.head.to(memory_format=torch.channels_last)
+        self.translators.heads.to(memory_format=torch.channels_last)
 
-    def forward(self, student_feature: Tensor, teacher_features: Sequence[Tensor]) -> FEEDLossOutput:
+    def forward(
+        self, student_feature: Tensor, teacher_features: Sequence[Tensor], *, head_inputs: Sequence[Tensor] | None = None
+    ) -> FEEDLossOutput:
+        """`head_inputs`: the translator bodies' outputs when the caller ran them already
+        (`self.translators.head_inputs(student_feature)`, e.g. while the teachers still run); then
+        `student_feature` is not read again."""
         if isinstance(teacher_features, Tensor):
             teacher_features = [teacher_features]
         if len(teacher_features) != len(self.translators):
@@ -68,16 +70,17 @@ class FEEDLoss(nn.Module):
                 f"teacher_features has {len(teacher_features)} entries, expected {len(self.translators)} "
                 "(one per translator)"
             )
-        slopes = {tr.head_slope for tr in self.translators}
-        (slope,) = slopes  # all translators share one configuration
+        if head_inputs is None:
+            head_inputs = self.translators.head_inputs(student_feature)
+        heads = self.translators.heads
         terms = feed_loss(
-            [tr.forward_body(student_feature) for tr in self.translators],
+            list(head_inputs),
             list(teacher_features),
-            [tr.head.weight for tr in self.translators],
-            [tr.head.bias for tr in self.translators],
+            [head.weight for head in heads],
+            [head.bias for head in heads],
             beta=self.beta,
             eps=self.eps,
-            negative_slope=slope,
+            negative_slope=self.translators.head_slope,
             reduction="none",
             backend=self.backend,
         )
