@@ -1,15 +1,19 @@
-"""The demo's outputs: the results table (printed and in markdown), the per-epoch plot of the two students and
-the markdown report with the config and the versions it ran with (`feed_fast.environment`)."""
+"""The demo's tables (printed and in markdown) and the markdown report with the verdict, the plots, the command,
+the config and the versions it ran with (`feed_fast.environment`)."""
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..atomic_files import atomic_write
-from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, Spread, by_role, verdict
+from .results import ENSEMBLE, FT, KD, PFEED, TEACHER, RunResult, by_role, student_rows
+from .seed_stats import CONFIDENCE, Spread
+from .verdict import comparisons, verdict
 
 HEADERS = ("model", "architecture", "val top-1 (%)", "train images/s", "parameters")
+COMPARISON_HEADERS = ("student", "val top-1 (%)", "paired diff. vs baseline", f"{CONFIDENCE:.0%} interval",
+                      "seeds won", "verdict")
+OUTCOME_WORDS = {"above": "beat the baseline", "within": "within the spread", "below": "below the baseline",
+                 "one seed": "one seed: no spread"}
 
 
 def _count(n: float | None) -> str:
@@ -17,19 +21,16 @@ def _count(n: float | None) -> str:
 
 
 def table_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
-    """One row per teacher and for the ensemble; the two students as one row each, aggregated over seeds."""
+    """One row per teacher and for the ensemble; each student row aggregated over its seeds."""
     rows = []
     for r in by_role(results, TEACHER) + by_role(results, ENSEMBLE):
         rows.append((r.label, r.model, f"{r.val_top1:.2f}", _count(r.images_per_sec), _count(r.params)))
-    for role, label in ((BASELINE, "baseline student (CE only)"), (PFEED, "pFEED student")):
-        runs = by_role(results, role)
-        if not runs:
-            continue
+    for runs in student_rows(results):
         top1 = Spread.of([r.val_top1 for r in runs])
         speeds = [r.images_per_sec for r in runs if r.images_per_sec is not None]
         speed = Spread.of(speeds).mean if speeds else None
         seeds = f" [{len(runs)} seeds]" if len(runs) > 1 else ""
-        rows.append((label + seeds, runs[0].model, top1.format(), _count(speed), _count(runs[0].params)))
+        rows.append((runs[0].label + seeds, runs[0].model, top1.format(), _count(speed), _count(runs[0].params)))
     return rows
 
 
@@ -53,49 +54,48 @@ def markdown_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str
     return "\n".join(lines)
 
 
-def per_seed_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
-    baseline = {r.seed: r for r in by_role(results, BASELINE)}
-    pfeed = {r.seed: r for r in by_role(results, PFEED)}
+def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
+    """Each student row against the baseline, paired by seed (verdict.py decides the last column)."""
     rows = []
-    for seed in sorted(set(baseline) & set(pfeed)):
-        b, p = baseline[seed].val_top1, pfeed[seed].val_top1
-        rows.append((str(seed), f"{b:.2f}", f"{p:.2f}", f"{p - b:+.2f}"))
+    for c in comparisons(results):
+        p, interval = c.paired, c.paired.interval()
+        rows.append((c.label, c.top1.format(), f"{p.mean:+.2f} ± {p.std:.2f}" if p.n > 1 else f"{p.mean:+.2f}",
+                     f"[{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "-", f"{p.wins} of {p.n}",
+                     OUTCOME_WORDS[c.outcome]))
     return rows
 
 
-def plot_students(results: Sequence[RunResult], path: Path) -> Path:
-    """Val top-1 per epoch of the two students (one thin line per seed, the mean over seeds in bold) as a PNG.
+def per_seed_rows(results: Sequence[RunResult]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(headers, rows): one row per seed, the baseline's top-1 and each other row's top-1 with its difference."""
+    rows = student_rows(results)
+    by_seed = [{r.seed: r.val_top1 for r in runs} for runs in rows]
+    headers = ("seed", *(runs[0].label for runs in rows))
+    table = []
+    for seed in sorted(set.intersection(*(set(s) for s in by_seed))) if rows else []:
+        base = by_seed[0][seed]
+        cells = [f"{base:.2f}"] + [f"{s[seed]:.2f} ({s[seed] - base:+.2f})" for s in by_seed[1:]]
+        table.append((str(seed), *cells))
+    return headers, table
 
-    Uses the Agg canvas directly, so no display is needed and pyplot's global state is left alone."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(6.4, 4.0), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for role, label, color in ((BASELINE, "baseline student (CE only)", "tab:blue"), (PFEED, "pFEED student", "tab:red")):
-        curves = [r.top1_per_epoch for r in by_role(results, role) if r.top1_per_epoch]
-        if not curves:
-            continue
-        epochs = min(len(c) for c in curves)
-        xs = list(range(1, epochs + 1))
-        if len(curves) > 1:
-            for curve in curves:
-                axes.plot(xs, curve[:epochs], color=color, alpha=0.3, linewidth=1)
-            label += f" (mean of {len(curves)} seeds)"
-        mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
-        axes.plot(xs, mean, color=color, linewidth=2, marker="o", markersize=3, label=label)
-    for r in by_role(results, ENSEMBLE):
-        axes.axhline(r.val_top1, color="gray", linestyle="--", linewidth=1, label=f"teachers' ensemble ({r.val_top1:.1f}%)")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("val top-1 (%)")
-    axes.set_title("digits (scikit-learn), 32x32 RGB: students' val accuracy")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    return atomic_write(lambda file: figure.savefig(file, format="png"), path)
+def _what_ran(results: Sequence[RunResult]) -> str:
+    teachers = len(by_role(results, TEACHER))
+    roles = {runs[0].role for runs in student_rows(results)}
+    betas = sorted({r.beta for r in by_role(results, PFEED)})
+    others = []
+    if KD in roles:
+        others.append("Hinton KD from the mean of the teachers' softened logits (KD)")
+    if FT in roles:
+        others.append("FEED from the first teacher alone (FT, K=1)")
+    if PFEED in roles:
+        others.append(f"FEED from all {teachers} teachers (pFEED)"
+                      + (f", once per beta in {', '.join(f'{b:g}' for b in betas)}" if len(betas) > 1 else ""))
+    rows = "; ".join(["cross-entropy alone (baseline)", *others])
+    return (f"{teachers} teachers of one architecture (different seeds) are trained with cross-entropy. Then a "
+            "smaller student is trained with the same epochs, batch, learning rate and seeds, once per row: "
+            f"{rows}. Every loss adds to the cross-entropy. Val top-1 is measured on a fixed, stratified held-out "
+            "split of the 1,797 scans; each row is paired with the baseline trained with the same seed (same "
+            "initialisation and data order).")
 
 
 def markdown_report(
@@ -106,14 +106,12 @@ def markdown_report(
     total_seconds: float,
     plot_name: str | None,
     command: str | None = None,
+    sweep_plot_name: str | None = None,
 ) -> str:
     lines = [
-        "# feed-fast demo: pFEED on scikit-learn's digits",
+        "# feed-fast demo: FEED on scikit-learn's digits",
         "",
-        ("3 teachers of one architecture (different seeds) are trained with cross-entropy, then a smaller student "
-        "is trained twice with the same epochs and seed: with cross-entropy alone (baseline) and with pFEED "
-        "(cross-entropy + the FEED feature loss against all teachers). Val top-1 is measured on a fixed, "
-        "stratified held-out split of the 1,797 scans."),
+        _what_ran(results),
         "",
         "## Result",
         "",
@@ -121,19 +119,23 @@ def markdown_report(
         "",
         markdown_table(table_rows(results), HEADERS),
         "",
-        ("Training images/s include everything a step does (for pFEED: the teachers' forward passes and the "
-        "translators). The parameters of the pFEED student are those of the deployed model: the translators "
-        "are dropped after training. The ensemble averages the teachers' softmax outputs."),
+        ("Training images/s include everything a step does (for KD, FT and pFEED: the teachers' forward passes, "
+         "and the translators for FT and pFEED). The parameters of every student are those of the deployed model: "
+         "the translators are dropped after training. The ensemble averages the teachers' softmax outputs."),
         "",
     ]
-    seed_rows = per_seed_rows(results)
+    compared = comparison_rows(results)
+    if compared:
+        lines += ["### Against the baseline", "", markdown_table(compared, COMPARISON_HEADERS), "",
+                  (f"Paired difference: student - baseline with the same seed, mean ± sample std over seeds; the "
+                   f"{CONFIDENCE:.0%} t interval is that of the mean difference. A row beat the baseline only when "
+                   "the whole interval lies above zero."), ""]
+    headers, seed_rows = per_seed_rows(results)
     if len(seed_rows) > 1:
-        lines += [
-            "### Per seed",
-            "",
-            markdown_table(seed_rows, ("seed", "baseline top-1 (%)", "pFEED top-1 (%)", "pFEED - baseline")),
-            "",
-        ]
+        lines += ["### Per seed", "", "val top-1 (%), and the difference to the baseline of the same seed.", "",
+                  markdown_table(seed_rows, headers), ""]
+    if sweep_plot_name:
+        lines += [f"![val top-1 against beta]({sweep_plot_name})", ""]
     if plot_name:
         lines += [f"![val top-1 per epoch]({plot_name})", ""]
     timed = [r for r in results if r.seconds is not None]

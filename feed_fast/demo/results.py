@@ -1,14 +1,15 @@
-"""What the demo measured, and the comparison it draws from it: one `RunResult` per trained model (plus the
-teachers' ensemble), the students aggregated over seeds, and a verdict worded from the numbers alone."""
+"""What the demo measured: one `RunResult` per trained model (plus the teachers' ensemble). Student runs that
+share a label (same method, same beta) over several seeds form one row of the table."""
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-TEACHER, ENSEMBLE, BASELINE, PFEED = "teacher", "ensemble", "baseline", "pfeed"
-ROLES = (TEACHER, ENSEMBLE, BASELINE, PFEED)
+TEACHER, ENSEMBLE = "teacher", "ensemble"
+BASELINE, KD, FT, PFEED = "baseline", "kd", "ft", "pfeed"
+STUDENT_ROLES = (BASELINE, KD, FT, PFEED)
+ROLES = (TEACHER, ENSEMBLE, *STUDENT_ROLES)
 
 
 def is_finite_percentage(value) -> bool:
@@ -17,7 +18,8 @@ def is_finite_percentage(value) -> bool:
 
 @dataclass
 class RunResult:
-    """One row of the demo's results. `val_top1` and `top1_per_epoch` are percentages in [0, 100]."""
+    """One row of the demo's results. `val_top1` and `top1_per_epoch` are percentages in [0, 100]; `beta` is the
+    weight of the FEED term for FT and pFEED students, None otherwise."""
 
     label: str
     role: str
@@ -29,6 +31,7 @@ class RunResult:
     top1_per_epoch: list = field(default_factory=list)
     seconds: float | None = None
     run_dir: str | None = None
+    beta: float | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -41,83 +44,25 @@ class RunResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Mean and sample standard deviation over seeds (std is 0.0 for a single seed)."""
-
-    values: tuple
-    mean: float
-    std: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        values = tuple(float(v) for v in values)
-        if not values:
-            raise ValueError("a spread needs at least one value")
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(values, statistics.fmean(values), std)
-
-    def format(self, digits: int = 2) -> str:
-        if len(self.values) == 1:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-
-
 def by_role(results: Sequence[RunResult], role: str) -> list[RunResult]:
     return [r for r in results if r.role == role]
 
 
-def student_spreads(results: Sequence[RunResult]) -> tuple[Spread, Spread]:
-    """(baseline, pfeed) val top-1 over the seeds both students ran with, paired by seed."""
-    baseline = {r.seed: r.val_top1 for r in by_role(results, BASELINE)}
-    pfeed = {r.seed: r.val_top1 for r in by_role(results, PFEED)}
-    seeds = sorted(set(baseline) & set(pfeed))
-    if not seeds:
-        raise ValueError("the results hold no seed with both a baseline and a pFEED student")
-    return Spread.of([baseline[s] for s in seeds]), Spread.of([pfeed[s] for s in seeds])
+def student_rows(results: Sequence[RunResult]) -> list[list[RunResult]]:
+    """The students' runs grouped by label (one group per table row, its runs in seed order), in the order the
+    labels first appear, the baseline first."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        if r.role in STUDENT_ROLES:
+            groups.setdefault(r.label, []).append(r)
+    rows = sorted(groups.values(), key=lambda runs: runs[0].role != BASELINE)  # stable: the rest keep their order
+    return [sorted(runs, key=lambda r: r.seed) for runs in rows]
 
 
-def verdict(results: Sequence[RunResult]) -> str:
-    """Plain sentences on whether pFEED beat the CE-only baseline here. Only the numbers decide the wording."""
-    baseline, pfeed = student_spreads(results)
-    gaps = [p - b for b, p in zip(baseline.values, pfeed.values)]
-    mean_gap = statistics.fmean(gaps)
-    n = len(gaps)
-    wins = sum(g > 0 for g in gaps)
-    if n == 1:
-        gap = gaps[0]
-        if gap > 0:
-            text = (
-                f"pFEED beat the CE-only baseline on this run by {gap:.2f} points of val top-1 "
-                f"({pfeed.mean:.2f}% vs {baseline.mean:.2f}%). This is one seed: a gap of this size can come "
-                "from seed-to-seed noise alone; `--seeds 3` shows the spread."
-            )
-        elif gap == 0:
-            text = (
-                f"pFEED did not beat the CE-only baseline on this run: both reached {pfeed.mean:.2f}% val top-1."
-            )
-        else:
-            text = (
-                f"pFEED did not beat the CE-only baseline on this run: it reached {pfeed.mean:.2f}% val top-1, "
-                f"{-gap:.2f} points below the baseline's {baseline.mean:.2f}%."
-            )
-        return text
-
-    spread = max(baseline.std, pfeed.std)
-    head = (
-        f"Over {n} seeds, pFEED reached {pfeed.format()}% val top-1 and the CE-only baseline {baseline.format()}% "
-        f"(mean ± sample standard deviation); pFEED scored higher on {wins} of {n} seeds, "
-        f"mean gap {mean_gap:+.2f} points."
-    )
-    if mean_gap <= 0:
-        tail = "pFEED did not beat the baseline on this run."
-    elif wins == n and mean_gap > spread:
-        tail = "pFEED beat the baseline on every seed, by more than the seed-to-seed spread."
-    else:
-        reasons = []
-        if wins < n:
-            reasons.append("it was not higher on every seed")
-        if mean_gap <= spread:
-            reasons.append(f"the mean gap is within the seed-to-seed spread (standard deviation up to {spread:.2f})")
-        tail = f"Because {' and '.join(reasons)}, this run does not show that pFEED beat the baseline."
-    return f"{head} {tail}"
+def top1_by_seed(runs: Sequence[RunResult]) -> dict[int, float]:
+    by_seed = {}
+    for r in runs:
+        if r.seed in by_seed:
+            raise ValueError(f"{r.label}: two runs with seed {r.seed}")
+        by_seed[r.seed] = r.val_top1
+    return by_seed

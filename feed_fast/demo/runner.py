@@ -1,6 +1,7 @@
-"""The demo, top to bottom: digits folder -> 3 teachers -> their ensemble -> per seed, a CE-only baseline student
-and a pFEED student -> table, plot, report. Every model is trained by `feed_fast.engine.train` on the
-imagefolder loader, exactly as a user's ImageNet run would be; this module only writes the configs."""
+"""The demo, top to bottom: digits folder -> K teachers -> their ensemble -> per seed, the planned students
+(`plan.py`: a CE-only baseline, and KD, FT, pFEED as asked) -> table, verdict, plots, report. Every model is
+trained by `feed_fast.engine.train` on the imagefolder loader, exactly as a user's ImageNet run would be; this
+module only writes the configs."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,15 @@ from pathlib import Path
 
 from ..atomic_files import atomic_write_text
 from .digits import NUM_CLASSES, prepare_digits
-from .report import format_table, markdown_report, plot_students
-from .results import BASELINE, ENSEMBLE, PFEED, TEACHER, RunResult, verdict
+from .plan import StudentSpec, student_plan
+from .plots import plot_beta_sweep, plot_students
+from .report import format_table, markdown_report
+from .results import ENSEMBLE, TEACHER, RunResult
 from .settings import DemoSettings, equivalent_command
+from .verdict import comparisons, verdict
 
 REPORT_FILE, PLOT_FILE, TABLE_FILE, RESULTS_FILE = "report.md", "val_top1.png", "table.txt", "results.json"
+SWEEP_PLOT_FILE = "beta_sweep.png"
 
 
 class DemoInterrupted(RuntimeError):
@@ -31,17 +36,18 @@ class DemoOutcome:
     report: Path
     plot: Path
     table: str
+    sweep_plot: Path | None = None
 
 
 def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_kwargs: dict, seed: int,
-                  epochs: int, method: str, teachers: list | None = None) -> dict:
+                  epochs: int, method: str, teachers: list | None = None, beta: float | None = None) -> dict:
     """One run's engine config (the nested dict of a YAML file in configs/); `settings.extra` is applied last."""
     from ..config import apply_overrides
 
     config = {
         "model": {"name": model, "kwargs": dict(model_kwargs)},
         "teachers": list(teachers or []),
-        "method": {"name": method, "beta": settings.beta},
+        "method": {"name": method} if beta is None else {"name": method, "beta": beta},
         "data": {"dataset": "imagefolder", "root": str(data_root), "batch_size": settings.batch_size,
                  "eval_batch_size": 256, "image_size": settings.image_size},
         "optim": {"lr": settings.lr, "weight_decay": settings.weight_decay},
@@ -49,6 +55,13 @@ def engine_config(settings: DemoSettings, data_root: Path, *, model: str, model_
         "train": {"seed": seed, "device": settings.device},
     }
     return apply_overrides(config, [f"{key}={value}" for key, value in settings.extra.items()])
+
+
+def student_config(settings: DemoSettings, data_root: Path, spec: StudentSpec, teacher_specs: list, seed: int) -> dict:
+    """A planned student's engine config: the shared budget, the row's method, its teachers and beta."""
+    return engine_config(settings, data_root, model=settings.student_model, model_kwargs=settings.student_kwargs,
+                         seed=seed, epochs=settings.epochs, method=spec.method,
+                         teachers=teacher_specs[:spec.num_teachers], beta=spec.beta)
 
 
 def check_configs(settings: DemoSettings) -> None:
@@ -63,21 +76,24 @@ def check_configs(settings: DemoSettings) -> None:
 
     placeholder = Path("digits")
     teacher = {"name": settings.teacher_model, "checkpoint": "teacher.pt", "kwargs": dict(settings.teacher_kwargs)}
-    common = {"seed": settings.first_seed, "epochs": settings.epochs}
     RunConfig.from_dict(engine_config(settings, placeholder, model=settings.teacher_model,
-                                      model_kwargs=settings.teacher_kwargs, method="baseline", **common),
+                                      model_kwargs=settings.teacher_kwargs, method="baseline",
+                                      seed=settings.first_seed, epochs=settings.epochs_for_teachers),
                         check_paths=False)
-    pfeed = RunConfig.from_dict(engine_config(settings, placeholder, model=settings.student_model,
-                                              model_kwargs=settings.student_kwargs, method="pfeed",
-                                              teachers=[teacher] * settings.num_teachers, **common),
-                                check_paths=False)
+    feature_rows = []
+    for spec in student_plan(settings):
+        config = RunConfig.from_dict(student_config(settings, placeholder, spec, [teacher] * settings.num_teachers,
+                                                    settings.first_seed), check_paths=False)
+        if spec.uses_features:
+            feature_rows.append(config)
     try:
         student = build_model(settings.student_model, NUM_CLASSES, **settings.student_kwargs)
         teacher_model = build_model(settings.teacher_model, NUM_CLASSES, **settings.teacher_kwargs)
     except TypeError as error:
         raise ValueError(f"--teacher-kwargs/--student-kwargs: {error}") from None
-    check_feature_shapes(student, [teacher_model], settings.image_size, torch.device("cpu"),
-                         pfeed.method.feature_pool)
+    for config in feature_rows[:1]:  # every FEED row shares the student, the teachers' architecture and the pooling
+        check_feature_shapes(student, [teacher_model], settings.image_size, torch.device("cpu"),
+                             config.method.feature_pool)
 
 
 def training_rate(history: list) -> float:
@@ -87,11 +103,12 @@ def training_rate(history: list) -> float:
     return len(rates) / sum(1.0 / r for r in rates)
 
 
-def result_from_summary(summary: dict, *, label: str, role: str, model: str, seed: int, seconds: float) -> RunResult:
+def result_from_summary(summary: dict, *, label: str, role: str, model: str, seed: int, seconds: float,
+                        beta: float | None = None) -> RunResult:
     per_epoch = [record["val"]["top1"] for record in summary["history"] if "val" in record]
     return RunResult(label=label, role=role, model=model, seed=seed, val_top1=summary["final_top1"],
                      params=summary["student_params"], images_per_sec=training_rate(summary["history"]),
-                     top1_per_epoch=per_epoch, seconds=seconds, run_dir=summary["run_dir"])
+                     top1_per_epoch=per_epoch, seconds=seconds, run_dir=summary["run_dir"], beta=beta)
 
 
 class StageProgress:
@@ -132,9 +149,10 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
 
     started = time.perf_counter()
     check_configs(settings)
+    plan = student_plan(settings)
     run_dir = settings.run_folder()
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = StageProgress(1 + settings.num_teachers + 1 + 2 * settings.seeds, write)
+    progress = StageProgress(1 + settings.num_teachers + 1 + len(plan) * settings.seeds, write)
 
     since = progress.stage("preparing scikit-learn's digits as an ImageFolder of 32x32 JPEGs")
     data = prepare_digits(settings.cache, image_size=settings.image_size, val_fraction=settings.val_fraction,
@@ -145,15 +163,17 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     results: list[RunResult] = []
     configs: dict[str, dict] = {}
 
-    def run(label: str, role: str, name: str, config: dict, folder: Path, seed: int) -> RunResult:
-        configs[f"{label} (seed {seed})"] = config
+    def run(label: str, role: str, name: str, config: dict, folder: Path, seed: int,
+            beta: float | None = None) -> RunResult:
+        if role == TEACHER or seed == settings.first_seed:  # a student's other seeds differ only in train.seed
+            configs[f"{label} (seed {seed})"] = config
         begin = time.perf_counter()
         summary = train(config, folder)
         if summary.get("interrupted"):
             raise DemoInterrupted(f"{label} was stopped by {summary.get('stopped_by') or 'a signal'}; its last.pt "
                                   f"is in {folder} (`feed-fast train --resume {folder}` continues it)")
         result = result_from_summary(summary, label=label, role=role, model=name, seed=seed,
-                                     seconds=time.perf_counter() - begin)
+                                     seconds=time.perf_counter() - begin, beta=beta)
         results.append(result)
         return result
 
@@ -173,18 +193,14 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     results.append(_ensemble_result(settings, data.root, teacher_specs, results))
     progress.finished(f"val top-1 {results[-1].val_top1:.2f}%", since)
 
+    # Seed by seed, so that a stopped demo leaves complete sets of rows to pair.
     for seed in settings.student_seeds:
-        for role, label, method, teachers in (
-            (BASELINE, "baseline student", "baseline", None),
-            (PFEED, "pFEED student", "pfeed", teacher_specs),
-        ):
-            what = "cross-entropy only" if role == BASELINE else f"cross-entropy + FEED from {len(teacher_specs)} teachers"
-            since = progress.stage(f"{label}: {settings.student_model}, seed {seed}, {settings.epochs} epochs, {what}")
-            config = engine_config(settings, data.root, model=settings.student_model,
-                                   model_kwargs=settings.student_kwargs, seed=seed, epochs=settings.epochs,
-                                   method=method, teachers=teachers)
-            result = run(label, role, settings.student_model, config, run_dir / "students" / f"seed-{seed}" / method,
-                         seed)
+        for spec in plan:
+            since = progress.stage(f"{spec.label}: {settings.student_model}, seed {seed}, {settings.epochs} epochs, "
+                                   f"{spec.what}")
+            config = student_config(settings, data.root, spec, teacher_specs, seed)
+            result = run(spec.label, spec.role, settings.student_model, config,
+                         run_dir / "students" / f"seed-{seed}" / spec.folder, seed, beta=spec.beta)
             progress.finished(f"val top-1 {result.val_top1:.2f}%", since)
 
     return _write_outputs(settings, run_dir, results, configs, started, write)
@@ -208,18 +224,22 @@ def _write_outputs(settings, run_dir, results, configs, started, write) -> DemoO
 
     table = format_table(results)
     plot = plot_students(results, run_dir / PLOT_FILE)
+    sweep_plot = plot_beta_sweep(results, run_dir / SWEEP_PLOT_FILE) if settings.beta_sweep else None
     text_verdict = verdict(results)
     total = time.perf_counter() - started
     info = environment_summary(resolve_device(settings.device))
-    config = {"demo": settings.to_dict(), "engine runs": configs}
+    config = {"demo": settings.to_dict(),
+              "engine runs (each student's first seed; its other seeds differ only in train.seed)": configs}
     report = atomic_write_text(markdown_report(results, config=config, version_info=info, total_seconds=total,
-                                               plot_name=PLOT_FILE, command=equivalent_command(settings)),
+                                               plot_name=PLOT_FILE, command=equivalent_command(settings),
+                                               sweep_plot_name=SWEEP_PLOT_FILE if sweep_plot else None),
                                run_dir / REPORT_FILE)
     atomic_write_text(table + "\n", run_dir / TABLE_FILE)
     atomic_write_text(json.dumps(
-        {"results": [r.to_dict() for r in results], "verdict": text_verdict, "total_seconds": total,
-         "versions": info, "settings": settings.to_dict()}, indent=1) + "\n", run_dir / RESULTS_FILE)
+        {"results": [r.to_dict() for r in results], "comparisons": [c.to_dict() for c in comparisons(results)],
+         "verdict": text_verdict, "total_seconds": total, "versions": info, "settings": settings.to_dict()},
+        indent=1) + "\n", run_dir / RESULTS_FILE)
     write("\n" + table + "\n\n" + text_verdict + "\n")
     write(f"Total time {total:.1f} s on {info['device']}.")
-    write(f"Report: {report}\nPlot:   {plot}")
-    return DemoOutcome(run_dir, results, text_verdict, total, report, plot, table)
+    write(f"Report: {report}\nPlot:   {plot}" + (f"\nSweep:  {sweep_plot}" if sweep_plot else ""))
+    return DemoOutcome(run_dir, results, text_verdict, total, report, plot, table, sweep_plot)
