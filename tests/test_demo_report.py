@@ -21,7 +21,7 @@ def pfeed_label(beta):
 def make_results(rows: dict, epochs: int = 3):
     """rows: {role or (PFEED, beta): [val top-1 per seed]}; the baseline is one of them."""
     results = [RunResult(f"teacher {k + 1}", TEACHER, "resnet20", 100 + k, 96.0 + k, 272474, 350.0 + k,
-                         [80.0, 90.0, 96.0 + k]) for k in range(3)]
+                         [80.0, 90.0, 96.0 + k], seconds=30.0) for k in range(3)]
     results.append(RunResult("teachers' ensemble", ENSEMBLE, "3 x resnet20", None, 98.5, 3 * 272474))
     seeds = len(next(iter(rows.values())))
     for seed in range(seeds):  # seed by seed, as the runner trains them
@@ -31,7 +31,7 @@ def make_results(rows: dict, epochs: int = 3):
             top1 = values[seed]
             ramp = [top1 * (e + 1) / epochs for e in range(epochs)]
             results.append(RunResult(label, role, "resnet8", seed, top1, 78042, 1000.0 - 100 * len(results), ramp,
-                                     beta=beta))
+                                     seconds=10.0 + seed, beta=beta))
     return results
 
 
@@ -73,11 +73,13 @@ def test_paired_interval_decides_above_within_below():
     assert "does not show that it beat the baseline" in lines["- " + LABELS[FT]]
     assert "It scored below the baseline" in lines["- " + pfeed_label(500)]
     assert "+2.00 ± 3.00 points" in lines["- " + LABELS[FT]]  # diffs 2, -1, 5
+    assert "With 2 seeds" not in text
 
 
 def test_a_lower_mean_within_the_spread_is_not_called_a_win():
     text = verdict(two_rows([90.0, 92.0], [91.0, 89.0]))  # +1, -3
     assert "Beat the baseline: none." in text and "It did not beat the baseline." in text
+    assert "With 2 seeds the interval is wide (its t factor is 12.7)" in text
 
 
 def test_a_sweep_warns_that_the_best_beta_is_picked_after_the_fact():
@@ -160,5 +162,6 @@ def test_markdown_report_has_verdict_tables_plots_config_and_versions():
     text = markdown_report(results, config={}, version_info=info, total_seconds=60.0, plot_name="val_top1.png",
                            sweep_plot_name="beta_sweep.png")
     for part in ("### Against the baseline", "### Per seed", "![val top-1 against beta](beta_sweep.png)",
-                 "Hinton KD", "FEED from the first teacher alone", "once per beta in 50, 500", verdict(results)):
+                 "Hinton KD", "FEED from the first teacher alone", "once per beta in 50, 500", verdict(results),
+                 "Total wall time: 60.0 s (teacher 1: 30 s;", f"; {LABELS[BASELINE]}: 10, 11 s per seed;"):
         assert part in text, part

@@ -78,6 +78,16 @@ def per_seed_rows(results: Sequence[RunResult]) -> tuple[tuple[str, ...], list[t
     return headers, table
 
 
+def _run_times(results: Sequence[RunResult]) -> str:
+    """' (teacher 1: 65 s, ..., pFEED student (...): 68, 70 s per seed, ...)': each run's training time."""
+    parts = [f"{r.label}: {r.seconds:.0f} s" for r in by_role(results, TEACHER) if r.seconds is not None]
+    for runs in student_rows(results):
+        seconds = [f"{r.seconds:.0f}" for r in runs if r.seconds is not None]
+        if seconds:
+            parts.append(f"{runs[0].label}: {', '.join(seconds)} s" + (" per seed" if len(seconds) > 1 else ""))
+    return " (" + "; ".join(parts) + ")" if parts else ""
+
+
 def _what_ran(results: Sequence[RunResult]) -> str:
     teachers = len(by_role(results, TEACHER))
     roles = {runs[0].role for runs in student_rows(results)}
@@ -138,10 +148,7 @@ def markdown_report(
         lines += [f"![val top-1 against beta]({sweep_plot_name})", ""]
     if plot_name:
         lines += [f"![val top-1 per epoch]({plot_name})", ""]
-    timed = [r for r in results if r.seconds is not None]
-    lines += [f"Total wall time: {total_seconds:.1f} s"
-              + (" (" + ", ".join(f"{r.label} seed {r.seed}: {r.seconds:.0f} s" for r in timed) + ")." if timed else "."),
-              ""]
+    lines += [f"Total wall time: {total_seconds:.1f} s{_run_times(results)}.", ""]
     if command:
         lines += ["## Command", "", "```", command, "```", ""]
     lines += ["## Config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .results import BASELINE, PFEED, RunResult, student_rows, top1_by_seed
-from .seed_stats import CONFIDENCE, PairedDifference, Spread
+from .seed_stats import CONFIDENCE, PairedDifference, Spread, t_quantile
 
 ABOVE, WITHIN, BELOW, ONE_SEED = "above", "within", "below", "one seed"
 
@@ -107,6 +107,9 @@ def verdict(results: Sequence[RunResult]) -> str:
                   f"Beat the baseline: {_names(by_outcome[ABOVE])}. Within the seed-to-seed spread: "
                   f"{_names(by_outcome[WITHIN])}. Below the baseline: {_names(by_outcome[BELOW])}.")]
         lines += [_seeds_line(c) for c in compared]
+        if n == 2:
+            lines.append(f"With 2 seeds the interval is wide (its t factor is {t_quantile(0.5 + CONFIDENCE / 2, 1):.1f}):"
+                         " 3 or more seeds are needed to tell a difference of a few points from the spread.")
     swept = [c for c in compared if c.role == PFEED]
     if len(swept) > 1:
         lines.append(f"{len(swept)} values of beta were tried for pFEED: the best of them, picked after the fact, "
