@@ -344,6 +344,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, help="steps under torch.profiler on a GPU (default 5; 0: off)")
     parser.add_argument("--sweep-shape", choices=sorted(ALL_SHAPES),
                         help="shape of the launches-vs-K sweep (default: the first shape run)")
+    parser.add_argument("--sweep-layouts", nargs="+", choices=LAYOUTS,
+                        help="layouts of the launches-vs-K sweep (default: every layout run)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the launches-vs-K sweep")
     parser.add_argument("--budget-s", type=float,
                         help="start no new case after this many seconds (the rest are recorded as skipped)")
@@ -436,7 +438,7 @@ def main(argv=None) -> int:
         report["summary"] = summarize(report["results"])
         write_json(out, report)
     sweep_shape = ALL_SHAPES[args.sweep_shape] if args.sweep_shape else shapes[0]
-    for layout in [] if args.no_sweep else args.layouts:
+    for layout in [] if args.no_sweep else (args.sweep_layouts or args.layouts):
         if args.budget_s is not None and time.monotonic() - started > args.budget_s:
             break
         sweep = launch_sweep(sweep_shape, args.kernel_sizes[0], layout, args.impls, device, skip_kernels, args)

@@ -134,7 +134,8 @@ bench_loss() {
     if [[ $SMOKE == 1 ]]; then
         args=(--smoke --shapes "$@" --kernel-sizes 3 --layouts channels_last --iters 1 --no-sweep)
     fi
-    [[ $name == cifar ]] || args+=(--no-sweep)  # launches vs K: once, at the cheap shape
+    # Launches vs K: once, at the cheap shape, in the trainer's layout (each K compiles its own kernels).
+    if [[ $name == cifar ]]; then args+=(--sweep-layouts channels_last); else args+=(--no-sweep); fi
     local budget=$(($(remaining) - 45))
     run_limited "$LOG" "$PYTHON" benchmarks/bench_feed_loss.py "${args[@]}" --budget-s $((budget > 0 ? budget : 0)) \
         --out "$json"
