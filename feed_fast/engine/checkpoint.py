@@ -1,8 +1,20 @@
-"""The student-only export, and loading teachers/students from our checkpoints or from plain state dicts
-(torchvision's included). Checkpoints are written with `feed_fast.atomic_files.atomic_save`."""
+"""The files of a run folder that hold weights, and reading them back safely.
+
+A run writes last.pt (everything training needs to continue), last.prev.pt (the last.pt before it, so a damaged
+newest copy is never the only one), best.pt (last.pt's content at the best validation epoch) and student.pt
+(the deployable student alone). Writes go through `feed_fast.atomic_files`.
+
+Reading: every checkpoint is loaded with `weights_only=True` (tensors, numbers and plain containers only). A file
+that cannot be used (missing, empty, truncated, not a checkpoint, the wrong model) raises `CheckpointError`: one
+line naming the file, what is wrong with it and which readable checkpoints lie beside it. The file is left as
+it is."""
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +22,30 @@ from torch import nn
 
 from ..models import build_model
 
+LAST, LAST_PREVIOUS, BEST, EXPORT = "last.pt", "last.prev.pt", "best.pt", "student.pt"
+CHECKPOINT_NAMES = (LAST, LAST_PREVIOUS, BEST, EXPORT)
 EXPORT_FORMAT = "feed-fast-student-v1"
+TRAINING_KEYS = ("student", "extras", "optimizer", "scheduler", "scaler", "epoch", "next_batch", "epoch_sums",
+                 "best_top1", "history", "rng_cpu")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6 is a zip archive
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, *, look_beside: bool = True,
+                 use_instead: str | None = None) -> None:
+        self.path, self.problem = Path(path), problem
+        message = f"checkpoint {str(path)!r} {problem}"
+        if look_beside:
+            others = readable_checkpoints_beside(self.path)
+            if others:
+                message += f"; readable beside it: {', '.join(others)}"
+                if use_instead:
+                    message += f" ({use_instead})"
+            else:
+                message += "; no other readable checkpoint beside it"
+        super().__init__(message)
 
 
 def student_export(model_name: str, num_classes: int, model_kwargs: dict, student: nn.Module,
@@ -24,41 +59,149 @@ def student_export(model_name: str, num_classes: int, model_kwargs: dict, studen
             "model_kwargs": dict(model_kwargs), "data": dict(data or {}), "state_dict": state}
 
 
-def extract_state_dict(obj: Any, path: str) -> dict:
+# --- reading ---------------------------------------------------------------------------------------
+def why_unreadable(path: Path, error: BaseException) -> str:
+    """What is wrong with a file torch.load failed on, in our words (torch's own message may suggest unsafe
+    loading, which we never pass on)."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(len(ZIP_MAGIC))
+    if head == ZIP_MAGIC:
+        if not zipfile.is_zipfile(path):
+            return f"is truncated: its zip archive ends early ({size} bytes)"
+        if isinstance(error, pickle.UnpicklingError):
+            return ("holds Python objects other than tensors, numbers and plain containers; feed-fast reads only "
+                    "checkpoints made of those (as it writes them)")
+        return f"is damaged: its zip archive is complete but its records cannot be read ({size} bytes)"
+    return f"is not a torch checkpoint ({size} bytes that torch.load cannot read)"
+
+
+def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", look_beside: bool = True,
+                    use_instead: str | None = None) -> Any:
+    """torch.load with weights_only=True; any failure becomes a CheckpointError naming the file and the problem
+    (and, with `look_beside`, the readable checkpoints in the same folder; `use_instead` says how to use them)."""
+    path = Path(path)
+    refuse = {"look_beside": look_beside, "use_instead": use_instead}
+    if not path.exists():
+        raise CheckpointError(path, "does not exist", **refuse)
+    if not path.is_file():
+        raise CheckpointError(path, "is not a file", look_beside=False)
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "is empty (0 bytes)", **refuse)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- torch.load raises many types for a damaged file
+        raise CheckpointError(path, why_unreadable(path, err), **refuse) from None
+
+
+def readable_checkpoints_beside(path: Path) -> list[str]:
+    """The run-folder checkpoints next to `path` that load, each with what it holds: `best.pt (after epoch 2)`."""
+    found = []
+    for name in CHECKPOINT_NAMES:
+        other = path.parent / name
+        if other.name == path.name or not other.is_file():
+            continue
+        try:
+            obj = read_checkpoint(other, look_beside=False)
+        except CheckpointError:
+            continue
+        found.append(f"{name} ({describe_contents(obj)})")
+    return found
+
+
+def describe_contents(obj: Any) -> str:
+    if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT:
+        return f"the exported {obj.get('model', 'student')}"
+    if isinstance(obj, dict) and isinstance(obj.get("epoch"), int):
+        batch = obj.get("next_batch") or 0
+        return f"after epoch {obj['epoch']}" if not batch else f"epoch {obj['epoch'] + 1}, after batch {batch}"
+    return "a state dict"
+
+
+def plain_state_dict(obj: Any, path: str | os.PathLike) -> dict:
     """The plain model state dict inside any checkpoint we accept: our export, our last.pt/best.pt, or a bare
     state dict (torchvision's included)."""
-    if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT:
+    if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT and isinstance(obj.get("state_dict"), dict):
         return obj["state_dict"]
-    if isinstance(obj, dict) and "student" in obj and isinstance(obj["student"], dict):
+    if isinstance(obj, dict) and isinstance(obj.get("student"), dict):
         return obj["student"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    raise ValueError(f"checkpoint {path!r} is neither a feed-fast export/checkpoint nor a plain state dict")
+    raise CheckpointError(path, "is neither a feed-fast export/checkpoint nor a plain state dict (a dict of "
+                                "tensors)")
+
+
+extract_state_dict = plain_state_dict  # the name earlier releases used
+
+
+def state_mismatch(expected: dict, given: dict) -> str | None:
+    """How `given` differs from the state dict `expected` (keys, then shapes), in one line; None if it fits."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k, v in expected.items() if k in given and isinstance(given[k], torch.Tensor)
+                and isinstance(v, torch.Tensor) and given[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) such as {missing[0]!r}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[0]!r}")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} tensor(s) of another shape such as {k!r} "
+                     f"({tuple(given[k].shape)} in the file, {tuple(expected[k].shape)} in the model)")
+    return ", ".join(parts) or None
+
+
+def load_fitting(module: nn.Module, state: dict, path: str | os.PathLike, what: str, *,
+                 ignore: Callable[[str], bool] | None = None) -> None:
+    """`module.load_state_dict(state)` after checking that it fits; a mismatch is a CheckpointError naming
+    `what` (e.g. "model resnet8"). Keys of the module for which `ignore(key)` holds are neither compared nor
+    loaded (the student inside a Distiller, loaded on its own)."""
+    expected = {k: v for k, v in module.state_dict().items() if ignore is None or not ignore(k)}
+    problem = state_mismatch(expected, state)
+    if problem:
+        raise CheckpointError(path, f"does not fit {what}: {problem}", look_beside=False)
+    try:
+        module.load_state_dict(state, strict=ignore is None)
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(path, f"does not fit {what}: {first}", look_beside=False) from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = extract_state_dict(obj, path)
-    try:
-        model.plain_module().load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path!r} does not fit model {type(model).__name__}: {err}") from None
+    """Load a teacher's (or any plain model's) weights from our export, last.pt/best.pt or a plain state dict."""
+    state = plain_state_dict(read_checkpoint(path), path)
+    load_fitting(model.plain_module(), state, path, f"model {type(model).__name__}")
     return model
 
 
-def load_exported_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild the student recorded in an export (or in last.pt/best.pt) and load its weights."""
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+def load_exported_student(path: str | os.PathLike, *, use_instead: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the student recorded in an export (or in last.pt/best.pt) and load its weights. `use_instead`:
+    how the caller could use a readable checkpoint beside a damaged one."""
+    obj = read_checkpoint(path, use_instead=use_instead)
     if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT:
         meta = obj
-    elif isinstance(obj, dict) and "export_meta" in obj:
+    elif isinstance(obj, dict) and isinstance(obj.get("export_meta"), dict):
         meta = obj["export_meta"]
     else:
-        raise ValueError(f"checkpoint {str(path)!r} does not record its model; it is not a feed-fast export, "
-                         "last.pt or best.pt")
-    model = build_model(meta["model"], meta["num_classes"], **meta.get("model_kwargs", {}))
-    model.plain_module().load_state_dict(extract_state_dict(obj, str(path)))
+        raise CheckpointError(path, "does not record its model; it is not a feed-fast export, last.pt or best.pt")
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("num_classes"), int):
+        raise CheckpointError(path, "records no model name and class count; it is not a feed-fast export")
+    try:
+        model = build_model(meta["model"], meta["num_classes"], **meta.get("model_kwargs", {}))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(path, f"records a model this install cannot build: {err}", look_beside=False) from None
+    load_fitting(model.plain_module(), plain_state_dict(obj, path), path, f"model {meta['model']}")
     return model, meta
+
+
+def check_training_checkpoint(obj: Any, path: str | os.PathLike, use_instead: str) -> dict:
+    """`obj` is a last.pt/best.pt as the trainer writes it (not an export or a bare state dict)."""
+    if isinstance(obj, dict) and obj.get("format") == EXPORT_FORMAT:
+        raise CheckpointError(path, "is a student export, not a training checkpoint (last.pt or best.pt)",
+                              use_instead=use_instead)
+    missing = [k for k in TRAINING_KEYS if not (isinstance(obj, dict) and k in obj)]
+    if missing:
+        raise CheckpointError(path, f"is not a feed-fast training checkpoint (no {missing[0]!r} entry)",
+                              use_instead=use_instead)
+    return obj

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 TRAIN_HELP = ("Distil (or train) a student as a YAML config says (see configs/; a shipped config can be named "
               "without its path), with --set overrides, into a run folder; or continue a stopped run with "
-              "--resume RUN_DIR. Config mistakes exit 2 before any work starts.")
+              "--resume RUN_DIR. Config mistakes exit 2 before any work starts. So do an --out folder that "
+              "already holds a run (see --overwrite), a damaged checkpoint and an unreadable image; a failed "
+              "write (a full disk) exits 1 naming the file, with the last checkpoint intact for --resume.")
 EVAL_HELP = ("Top-1/top-5 of a student checkpoint (student.pt, best.pt or last.pt) on a dataset's val split, read "
              "by the same loader and at the same image size as in training unless told otherwise.")
 
@@ -23,6 +24,9 @@ def register(subparsers) -> None:
                    help="override a config entry, e.g. --set optim.lr=0.05 --set method.name=kd")
     p.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out folder that holds a run: its checkpoints, metrics and exports are "
+                        "deleted first (other files stay)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a student checkpoint on a dataset's val split",
@@ -38,24 +42,37 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..atomic_files import WriteFailed
     from ..config import ConfigError, load_config
+    from ..loaders import CorruptImageError
     from .api import resume, train
+    from .checkpoint import CheckpointError
 
+    prefix = "feed-fast train: error:" if _rank() == 0 else f"feed-fast train: error (rank {_rank()}):"
+    run_dir = args.resume or args.out
     try:
         if args.resume:
-            if args.config or args.overrides:
-                raise ConfigError("--resume RUN_DIR takes no CONFIG or --set: the run's config.yaml is used")
+            if args.config or args.overrides or args.overwrite:
+                raise ConfigError("--resume RUN_DIR takes no CONFIG, --set or --overwrite: the run's config.yaml "
+                                  "is used")
             summary = resume(args.resume)
         else:
             if not args.config:
                 raise ConfigError("give a CONFIG file (see configs/) or --resume RUN_DIR")
             cfg = load_config(args.config, args.overrides)
-            out = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-            summary = train(cfg, out)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"feed-fast train: error: {err}", file=sys.stderr)
+            run_dir = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+            summary = train(cfg, run_dir, overwrite=args.overwrite)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"{prefix} {err}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    except CorruptImageError as err:
+        print(f"{prefix} {corrupt_images_line(err)}", file=sys.stderr)
+        return 2
+    except WriteFailed as err:
+        print(f"{prefix} {err}; every file is replaced whole, so what was written before is intact: once there "
+              f"is room, `feed-fast train --resume {run_dir}` continues from the last checkpoint", file=sys.stderr)
+        return 1
+    if _rank() != 0:  # under torchrun, rank 0 reports
         return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:
         print(f"feed-fast train: stopped by {summary['stopped_by']}; resume with "
@@ -67,8 +84,26 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank() -> int:
+    from ..runtime.distributed import launched_rank
+
+    return launched_rank()
+
+
+def corrupt_images_line(err: Exception) -> str:
+    """A loader's CorruptImageError (a header, one line per file, advice in Python terms) as one line, with the
+    advice in the config's terms."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    files = [line for line in lines[1:] if not line.startswith("Fix or remove")]
+    if not (lines and lines[0].startswith("cannot decode") and files):
+        return " ".join(lines)  # e.g. DALI failing on files Pillow reads: nothing to skip
+    more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+    return (f"{lines[0].rstrip(':')}: {files[0]}{more}; fix or remove the file(s), or set data.skip_corrupt=true "
+            "to leave unreadable images out (`feed-fast data check ROOT` lists every broken file)")
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from ..loaders import build_loader
+    from ..loaders import CorruptImageError, build_loader
     from ..runtime import memory_format_for, resolve_device
     from .checkpoint import load_exported_student
     from .evaluate import evaluate
@@ -82,7 +117,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return fail(f"--checkpoint {str(path)!r} does not exist")
     try:
         model, meta = load_exported_student(path)
-    except ValueError as err:
+    except ValueError as err:  # CheckpointError: one line naming the file
         return fail(str(err))
     trained_on = meta.get("data", {})  # dataset, image_size, seed of the training run
     dataset = args.dataset or trained_on.get("dataset", "imagefolder")
@@ -103,7 +138,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if loader.num_classes != meta["num_classes"]:
         return fail(f"the checkpoint predicts {meta['num_classes']} classes, the data has {loader.num_classes}")
     model.to(device, memory_format=memory_format)
-    result = evaluate(model, loader)
+    try:
+        result = evaluate(model, loader)
+    except CorruptImageError as err:
+        return fail(corrupt_images_line(err))
     print(f"top1 {result['top1']:.2f} top5 {result['top5']:.2f} loss {result['loss']:.4f} "
           f"({result['samples']} images, {meta['model']})")
     return 0

@@ -1,65 +1,80 @@
-"""What a run writes besides checkpoints: metrics.jsonl (one JSON object per epoch, appended and fsynced),
-TensorBoard events, and a progress display (a tqdm bar on a TTY, plain lines otherwise). Rank 0 only."""
+"""What a run writes besides checkpoints: metrics.jsonl (one JSON object per epoch), TensorBoard events, and a
+progress display (a tqdm bar on a TTY, plain lines otherwise). Rank 0 only.
+
+metrics.jsonl mirrors the `history` that last.pt carries: it is rewritten whole (atomically) after each
+last.pt, and again when a run resumes, so whatever the moment of a crash it holds each epoch once and matches
+the checkpoint training continues from. TensorBoard scalars all use the global step as their x axis; a resumed
+run hides the events an earlier attempt wrote after its checkpoint (SummaryWriter's purge_step)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from ..atomic_files import atomic_write_text
+from ..atomic_files import WriteFailed, atomic_write_text, os_error_in
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
+        self.path = run_dir / METRICS_FILE
+        self.tb_dir = run_dir / TENSORBOARD_DIR
+        self.enabled, self.use_tensorboard = enabled, tensorboard
         self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.purge_step: int | None = None
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but a stripped install still trains
-                self.tb = None
+    def restart(self, history: list[dict], global_step: int) -> None:
+        """A (re)start from a checkpoint holding `history` at `global_step` (0 and [] for a fresh start):
+        metrics.jsonl becomes exactly `history`; TensorBoard events after `global_step` are hidden."""
+        self.purge_step = global_step + 1
+        self.write_history(history)
 
-    def write_epoch(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if self.tb is not None:
-            for key, value in _flatten(record).items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self.tb.add_scalar(key, value, record["epoch"])
-            self.tb.flush()
+    def write_history(self, history: list[dict]) -> None:
+        if self.enabled:
+            atomic_write_text("".join(json.dumps(record) + "\n" for record in history), self.path)
+
+    def epoch_scalars(self, record: dict, global_step: int) -> None:
+        self.scalars({k: v for k, v in _flatten(record).items() if isinstance(v, (int, float)) and k != "epoch"},
+                     global_step)
 
     def scalars(self, values: dict, step: int) -> None:
-        if self.tb is not None:
+        writer = self._writer()
+        if writer is None:
+            return
+        try:
             for key, value in values.items():
-                self.tb.add_scalar(key, value, step)
+                writer.add_scalar(key, value, step)
+            writer.flush()
+        except Exception as err:  # the event writer's thread re-raises a failed write on the next call
+            cause = os_error_in(err)
+            if cause is None:
+                raise
+            raise WriteFailed(self.tb_dir, cause) from err
+
+    def _writer(self):
+        if self.tb is None and self.enabled and self.use_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but a stripped install still trains
+                self.use_tensorboard = False
+                return None
+            self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self.purge_step)
+        return self.tb
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_metrics(run_dir: Path, keep_epochs: int) -> None:
-    """On resume, drop records of epochs the checkpoint does not cover (written after it, then interrupted)."""
-    records = [r for r in read_metrics(run_dir) if r["epoch"] < keep_epochs]
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.exists():
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), path)
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:

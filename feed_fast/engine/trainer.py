@@ -3,6 +3,7 @@ Distiller, frozen teachers, optimizer, schedule); `fit` resumes if asked, then r
 `evaluate` per epoch, writing metrics and checkpoints. The step itself is step.py's `TrainStep`."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,14 +16,22 @@ from ..methods import Method
 from ..models import count_parameters
 from ..runtime import DistInfo, Runtime
 from ..runtime.distributed import any_rank, broadcast_buffers
-from .checkpoint import student_export
+from .checkpoint import (
+    BEST,
+    EXPORT,
+    LAST,
+    LAST_PREVIOUS,
+    CheckpointError,
+    check_training_checkpoint,
+    load_fitting,
+    read_checkpoint,
+    student_export,
+)
 from .data import Loaders
 from .epoch_stats import EpochStats
 from .evaluate import evaluate
-from .run_log import EpochProgress, MetricsLog, truncate_metrics
+from .run_log import EpochProgress, MetricsLog
 from .step import TrainStep
-
-LAST, BEST, EXPORT = "last.pt", "best.pt", "student.pt"
 
 
 class GenerationTrainer:
@@ -72,9 +81,19 @@ class GenerationTrainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool, max_epochs: int | None = None) -> dict:
-        """Train to the end of the schedule, or for `max_epochs` more epochs (then stop as a signal would)."""
-        if resume and (self.run_dir / LAST).exists():
-            self.load(self.run_dir / LAST)
+        """Train to the end of the schedule, or for `max_epochs` more epochs (then stop as a signal would).
+
+        Per epoch, best.pt (when the epoch is the best so far), then last.pt (the epoch's commit point; the one
+        it replaces becomes last.prev.pt), then metrics.jsonl rewritten from last.pt's history. A crash at any
+        moment costs at most the current step (a signal: nothing) and leaves metrics.jsonl matching the
+        checkpoint a resume starts from, which rewrites it again."""
+        if resume:
+            if (self.run_dir / LAST).exists():
+                self.load(self.run_dir / LAST)
+            elif (self.run_dir / LAST_PREVIOUS).exists():  # removed by hand: do not silently start over
+                raise CheckpointError(self.run_dir / LAST, "does not exist", use_instead=f"copy one to {LAST} to "
+                                      "resume from it, or start over with --overwrite")
+        self.log.restart(self.history, self.global_step())  # metrics.jsonl == the history training continues
         epochs, first_epoch, interrupted = self.cfg.schedule.epochs, self.epoch, False
         while self.epoch < epochs:
             if max_epochs is not None and self.epoch - first_epoch >= max_epochs:
@@ -90,12 +109,13 @@ class GenerationTrainer:
                                          dist=self.dist)
             self.epoch, self.next_batch, self.stats = self.epoch + 1, 0, EpochStats(self.runtime.device)
             self.history.append(record)
-            self.log.write_epoch(record)
             top1 = record.get("val", {}).get("top1", -1.0)
             is_best, self.best_top1 = top1 > self.best_top1, max(self.best_top1, top1)
-            self.save(LAST)
             if is_best:
                 self.save(BEST)
+            self.save(LAST)
+            self.log.write_history(self.history)
+            self.log.epoch_scalars(record, self.global_step())
             self.progress.end_epoch(self.epoch_message(record))
         if not interrupted and self.runtime.is_main:
             atomic_save(student_export(self.cfg.model.name, self.loaders.train.num_classes, self.cfg.model.kwargs,
@@ -154,6 +174,10 @@ class GenerationTrainer:
         return (f"gen {self.generation + 1} epoch {record['epoch'] + 1}/{self.cfg.schedule.epochs} "
                 f"loss {record['loss']['total']:.4f}{acc} {record['images_per_sec']:.1f} img/s")
 
+    def global_step(self) -> int:
+        """Steps taken so far in this generation: the x axis of every TensorBoard scalar."""
+        return self.epoch * self.steps_per_epoch + self.next_batch
+
     def summary(self, interrupted: bool) -> dict:
         vals = [r["val"]["top1"] for r in self.history if "val" in r]
         return {
@@ -193,6 +217,7 @@ class GenerationTrainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "generation": self.generation,
+            "world_size": self.dist.world_size,
             "export_meta": {"model": self.cfg.model.name, "num_classes": self.loaders.train.num_classes,
                             "model_kwargs": dict(self.cfg.model.kwargs), "data": self.export_data()},
             "config": self.cfg.to_dict(),
@@ -200,25 +225,34 @@ class GenerationTrainer:
 
     def save(self, name: str) -> None:
         if self.runtime.is_main:
-            atomic_save(self.state(), self.run_dir / name)
+            keep = self.run_dir / LAST_PREVIOUS if name == LAST else None
+            atomic_save(self.state(), self.run_dir / name, keep_previous=keep)
 
     def load(self, path: Path) -> None:
-        step = self.step
-        ckpt = torch.load(path, map_location=self.runtime.device, weights_only=True)
-        self.student.plain_module().load_state_dict(ckpt["student"])
-        missing, unexpected = self.distiller.load_state_dict(ckpt["extras"], strict=False)
-        missing = [k for k in missing if not k.startswith("student.")]
-        if missing or unexpected:
-            raise ValueError(f"{path}: translator state does not match this config (missing {missing}, "
-                             f"unexpected {unexpected})")
-        step.optimizer.load_state_dict(ckpt["optimizer"])
-        step.scheduler.load_state_dict(ckpt["scheduler"])
-        step.scaler.load_state_dict(ckpt["scaler"])
+        """Continue from a last.pt (or a best.pt copied over it). A file that cannot be read or does not fit
+        this run raises a CheckpointError naming it (the run stops there; the file is left as it is)."""
+        step, device = self.step, self.runtime.device
+        use_instead = f"copy one over {LAST} to resume from it"
+        ckpt = check_training_checkpoint(read_checkpoint(path, map_location=device, use_instead=use_instead), path,
+                                         use_instead)
+        load_fitting(self.student.plain_module(), ckpt["student"], path, f"this run's student ({self.cfg.model.name})")
+        load_fitting(self.distiller, ckpt["extras"], path, f"this run's {self.cfg.method.name} translators",
+                     ignore=lambda key: key.startswith("student."))
+        try:
+            step.optimizer.load_state_dict(ckpt["optimizer"])
+            step.scheduler.load_state_dict(ckpt["scheduler"])
+            step.scaler.load_state_dict(ckpt["scaler"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(path, f"does not fit this run's optimizer: {first}", look_beside=False) from None
         self.epoch, self.next_batch = ckpt["epoch"], ckpt["next_batch"]
-        self.stats = EpochStats(self.runtime.device, ckpt["epoch_sums"])
+        self.stats = EpochStats(device, ckpt["epoch_sums"])
         self.best_top1, self.history = ckpt["best_top1"], ckpt["history"]
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
-        if ckpt["rng_cuda"] and torch.cuda.is_available():
+        if ckpt.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
-        if self.runtime.is_main:
-            truncate_metrics(self.run_dir, self.epoch)
+        written_by = ckpt.get("world_size", 1)
+        if written_by != self.dist.world_size and self.runtime.is_main:
+            print(f"feed-fast train: warning: {path} was written by a run of {written_by} process(es), this one has "
+                  f"{self.dist.world_size}: each process's share of the data differs from here on, so the run will "
+                  "not repeat an uninterrupted one", file=sys.stderr)

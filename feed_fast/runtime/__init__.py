@@ -58,8 +58,10 @@ def open_runtime(options: RuntimeOptions, *, handle_signals: bool = True) -> Ite
         with determinism(options.deterministic), (stop if handle_signals else contextlib.nullcontext()):
             yield Runtime(device, memory_format_for(device, options.channels_last), precision, dist, stop,
                           options.deterministic)
-    finally:
-        teardown_distributed(dist)
+    except BaseException:
+        teardown_distributed(dist, failed=True)  # no closing barrier: a peer may be dead
+        raise
+    teardown_distributed(dist)
 
 
 __all__ = ["DEVICES", "PRECISIONS", "DistInfo", "GracefulStop", "Precision", "Runtime", "RuntimeOptions",

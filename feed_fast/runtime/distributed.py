@@ -1,14 +1,29 @@
 """torchrun / DistributedDataParallel: the process group from the environment torchrun sets (RANK, WORLD_SIZE,
 LOCAL_RANK), NCCL on GPUs and gloo on CPUs, and the few collectives the engine needs. A plain `python` run is a
-world of one."""
+world of one.
+
+When a rank dies, the others must not hang: a collective with a dead peer fails at once (its sockets close),
+torchrun's agent notices a failed worker within its --monitor-interval and stops the rest (SIGTERM, then
+SIGKILL after 30 s), and a peer that hangs without dying fails every collective after PROCESS_GROUP_TIMEOUT.
+A failed run leaves the group without its closing barrier, which would wait for the dead rank."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Longest a collective waits for a peer: longer than rank 0 writing a checkpoint while the others wait,
+# shorter than torch's 30-minute gloo default.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before the group exists."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -39,14 +54,17 @@ def setup_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT)
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return DistInfo(rank, world, local, owns, control)
 
 
-def teardown_distributed(info: DistInfo) -> None:
+def teardown_distributed(info: DistInfo, *, failed: bool = False) -> None:
+    """Leave the group we created: after a barrier when the run ended normally, without one when it failed
+    (a peer may be dead, and the barrier would wait for it)."""
     if info.owns_group and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -1,5 +1,7 @@
 """SIGINT/SIGTERM: the first signal asks the trainer to finish its current step, write last.pt and exit;
-the trainer polls `requested` between steps. Handlers are restored on exit."""
+the trainer polls `requested` between steps. SIGXFSZ (a file-size limit, `ulimit -f`, reached) is ignored, so
+the write fails with EFBIG and is reported naming the file, as a full disk is, instead of killing the process
+mid-write. Handlers are restored on exit."""
 from __future__ import annotations
 
 import signal
@@ -30,6 +32,8 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if hasattr(signal, "SIGXFSZ"):  # POSIX only
+                self._previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return self
 
     def __exit__(self, *exc) -> None:
