@@ -78,7 +78,8 @@ def test_each_method_trains_and_its_loss_falls(tmp_path, teacher_files, method, 
         assert {"top1", "top5", "loss"} <= set(record["val"]) and 0 <= record["val"]["top1"] <= 100
         assert record["images_per_sec"] > 0 and 0 <= record["data_wait_fraction"] <= 1 and record["lr"] > 0
         assert set(record["step_ms"]) == {"data_wait", "teachers", "student_forward", "loss", "backward",
-                                          "optimizer"}
+                                          "optimizer", "compiled_step"}
+        assert record["step_ms"]["compiled_step"] == 0  # eager: the whole-step section is for train.compile=step
     assert (history[0]["step_ms"]["teachers"] > 0) == (n_teachers > 0)
     assert summary["best_top1"] == max(r["val"]["top1"] for r in history)
     assert summary["final_top1"] == history[-1]["val"]["top1"]

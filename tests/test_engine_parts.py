@@ -40,7 +40,7 @@ def test_defaults_are_filled_and_types_coerced():
     ({"trian": {}}, "unknown key 'trian'"),
     ({"optim": {"lr": "fast"}}, "optim.lr must be float, got 'fast'"),
     ({"schedule": {"epochs": 2.5}}, "schedule.epochs must be int"),
-    ({"train": {"compile": "yes"}}, "train.compile must be bool"),
+    ({"train": {"compile": "yes"}}, "train.compile must be true, false or 'step'"),
     ({"model": {"name": "resnet57"}}, "model.name: unknown model 'resnet57'"),
     ({"method": {"name": "fitnet"}}, "method.name must be one of"),
     ({"method": {"name": "pfeed"}}, "needs at least one entry in teachers"),

@@ -109,7 +109,9 @@ class TrainConfig:
     device: DeviceName = "auto"
     precision: PrecisionName = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA
-    compile: bool = False  # torch.compile the student and the teachers
+    # false: eager; true: torch.compile the student's and teachers' forwards; step: the whole step compiled
+    # (fullgraph units), replayed as one CUDA graph on a GPU (feed_fast/engine/compiled_step.py)
+    compile: bool | Literal["step"] = False
     deterministic: bool = False
     log_every: PositiveInt = 50  # steps between TensorBoard scalars and progress lines
     max_steps_per_epoch: PositiveInt | None = None  # cap (smoke runs, benchmarks)

@@ -1,6 +1,7 @@
 """An epoch's statistics: the mean of each named loss over the samples seen, images/s and the share of time
-spent waiting for data. The loss sums are one stacked float64 vector on the device (one add per step, no host
-sync) and go into last.pt, so an epoch resumed mid-way reports the same means as an uninterrupted one."""
+spent waiting for data. The loss sums are one float64 vector on the device, added to with one kernel per step
+(the step hands its losses as one vector, `NamedLosses.vector`; no host sync); the sample count is a host
+number. Both go into last.pt, so an epoch resumed mid-way reports the same means as an uninterrupted one."""
 from __future__ import annotations
 
 import time
@@ -20,8 +21,8 @@ class EpochStats:
         saved = dict(saved or {})
         self.device = device
         self.names = [name for name in saved if name != SAMPLES]  # loss names, fixed by the first step
-        self.sums = torch.tensor([saved[name] for name in self.names] + [saved.get(SAMPLES, 0.0)],
-                                 dtype=torch.float64, device=device)
+        self.sums = torch.tensor([saved[name] for name in self.names], dtype=torch.float64, device=device)
+        self.samples = float(saved.get(SAMPLES, 0.0))
         self.start()
 
     def start(self) -> None:
@@ -29,23 +30,26 @@ class EpochStats:
         self.images, self.started = 0, time.perf_counter()
 
     def add(self, losses: dict[str, Tensor], batch: int) -> None:
+        """`losses`: name -> 0-d tensor; a `NamedLosses` brings them stacked already (`.vector`)."""
         if not self.names:
             self.names = list(losses)
-            self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=self.device)
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
         elif list(losses) != self.names:
             raise ValueError(f"the step's losses changed names within an epoch: {list(losses)} vs {self.names}")
-        values = torch.stack([losses[name].detach() for name in self.names]).double()
-        self.sums[:-1] += values * batch
-        self.sums[-1] += batch
+        vector = getattr(losses, "vector", None)
+        if vector is None:
+            vector = torch.stack([losses[name].detach() for name in self.names])
+        self.sums.add_(vector.detach(), alpha=batch)  # float32 values into the float64 sums: one kernel
+        self.samples += batch
         self.images += batch
 
     def state(self) -> dict[str, float]:
-        return dict(zip([*self.names, SAMPLES], self.sums.tolist()))
+        return dict(zip([*self.names, SAMPLES], [*self.sums.tolist(), self.samples]))
 
     def summary(self, dist: DistInfo, timer: StepTimer) -> dict:
         """{loss: {name: mean over every rank's samples, total}, images_per_sec (all ranks), data_wait_fraction}."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        totals = all_reduce_sum(self.sums.clone(), dist).tolist()
+        totals = all_reduce_sum(torch.cat([self.sums, self.sums.new_tensor([self.samples])]), dist).tolist()
         count = max(totals[-1], 1.0)
         loss = {name: value / count for name, value in zip(self.names, totals)}
         loss["total"] = sum(loss.values())

@@ -1,4 +1,5 @@
-"""Top-1/top-5 accuracy and cross-entropy of a model over a loader, summed across ranks."""
+"""Top-1/top-5 accuracy and cross-entropy of a model over a loader, summed across ranks. The sums stay on the
+device until the end (no sync per batch); the sample count is counted on the host."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,8 @@ def evaluate(model: nn.Module, loader, *, autocast=None, dist: DistInfo | None =
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, top5: device sums, no sync per batch
+    count = 0  # samples: known on the host
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         batches = loader.iter_from(0, 0) if hasattr(loader, "iter_from") else iter(loader)
         for i, (images, labels) in enumerate(batches):
@@ -28,13 +30,11 @@ def evaluate(model: nn.Module, loader, *, autocast=None, dist: DistInfo | None =
             labels = labels.to(device, non_blocking=True)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top.eq(labels[:, None])
-            sums += torch.stack([
-                F.cross_entropy(logits, labels, reduction="sum").double(),
-                hits[:, :1].sum().double(), hits.sum().double(),
-                torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
-            ])
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), hits[:, :1].sum(), hits.sum()])
+            count += labels.shape[0]
     model.train(was_training)
-    sums = all_reduce_sum(sums, dist) if dist is not None else sums
-    loss, top1, top5, count = sums.tolist()
+    totals = torch.cat([sums, sums.new_tensor([count])])
+    totals = all_reduce_sum(totals, dist) if dist is not None else totals
+    loss, top1, top5, count = totals.tolist()  # the one read of the whole evaluation
     count = max(count, 1.0)
     return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count, "samples": int(count)}

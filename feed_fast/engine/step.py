@@ -1,6 +1,11 @@
 """One training step, put together in one place (`TrainStep.from_config`) for the trainer and for
 benchmarks/bench_step.py alike. A datum's path: loader batch -> teachers (each on its own CUDA stream) ->
-student -> the method's translators and loss (the Distiller) -> backward -> optimizer and lr schedule."""
+student -> the translator bodies (while the teachers still run) -> wait for the teachers -> the method's losses
+(the Distiller; pFEED: the fused FEED op + CE) -> backward -> optimizer and lr schedule.
+
+Three ways to run it, chosen by `train.compile` (see `step_mode`): eager; `true`, the student's and teachers'
+forwards through `torch.compile` (the switch's meaning before `step` existed); `step`, the whole step as
+compiled units without graph breaks, replayed as one CUDA graph on a GPU (compiled_step.py)."""
 from __future__ import annotations
 
 import itertools
@@ -15,11 +20,22 @@ from ..config import ConfigError, RunConfig
 from ..methods import Distiller, Method
 from ..models import build_model
 from ..runtime import Runtime
-from ..runtime.timing import BACKWARD, DATA_WAIT, OPTIMIZER, StepTimer
+from ..runtime.timing import BACKWARD, COMPILED_STEP, DATA_WAIT, OPTIMIZER, StepTimer
 from .optim import build_optimizer, build_scheduler
 from .teachers import TeacherRunner, check_feature_shapes
 
 Batch = tuple[Tensor, Tensor]
+STEP_MODES = ("eager", "modules", "step")
+
+
+def step_mode(compile_setting: bool | str) -> str:
+    """`train.compile` -> how the step runs: false -> "eager"; true -> "modules" (torch.compile of the
+    student's and teachers' forwards, the switch's original meaning, kept); "step" -> "step"."""
+    if compile_setting == "step":
+        return "step"
+    if isinstance(compile_setting, bool):
+        return "modules" if compile_setting else "eager"
+    raise ValueError(f"train.compile must be true, false or 'step', got {compile_setting!r}")
 
 
 def compile_model(model: nn.Module) -> None:
@@ -28,11 +44,22 @@ def compile_model(model: nn.Module) -> None:
         setattr(model, name, torch.compile(getattr(model, name)))
 
 
+class NamedLosses(dict):
+    """What a step returns: loss name -> 0-d tensor (detached), all views of one vector (`vector`), so that
+    stacking them for the epoch sums costs nothing and nothing is read on the host."""
+
+    def __init__(self, names: Sequence[str], vector: Tensor) -> None:
+        super().__init__(zip(names, vector.unbind(0)))
+        self.vector = vector
+
+
 class TrainStep:
     def __init__(self, *, student: nn.Module, distiller: Distiller, teachers: TeacherRunner,
-                 optimizer: torch.optim.Optimizer, scheduler, runtime: Runtime) -> None:
+                 optimizer: torch.optim.Optimizer, scheduler, runtime: Runtime, mode: str = "eager") -> None:
+        if mode not in STEP_MODES:
+            raise ValueError(f"mode must be one of {STEP_MODES}, got {mode!r}")
         self.student, self.distiller, self.teachers = student, distiller, teachers
-        self.optimizer, self.scheduler, self.runtime = optimizer, scheduler, runtime
+        self.optimizer, self.scheduler, self.runtime, self.mode = optimizer, scheduler, runtime, mode
         self.scaler = runtime.precision.grad_scaler()
         self.timer = StepTimer(runtime.device)
         self.module = distiller  # what the step calls: DDP's wrapper under torchrun, for its gradient sync
@@ -40,6 +67,11 @@ class TrainStep:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.module = DistributedDataParallel(distiller, device_ids=device_ids)
         self.lr_used = optimizer.param_groups[0]["lr"]  # the lr of the latest step (logged per epoch)
+        self.compiled = None
+        if mode == "step":
+            from .compiled_step import CompiledStep
+
+            self.compiled = CompiledStep(self)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, runtime: Runtime, method: Method, teachers: Sequence[nn.Module], *,
@@ -47,6 +79,9 @@ class TrainStep:
         """A fresh student (initialised from `seed`, the same on every rank before DDP's broadcast), the method's
         Distiller around it, the frozen teachers, the optimizer and the per-iteration lr schedule."""
         device, memory_format = runtime.device, runtime.memory_format
+        mode = step_mode(cfg.train.compile)
+        if mode == "step":
+            check_step_mode(cfg, runtime)
         torch.manual_seed(seed)
         try:
             student = build_model(cfg.model.name, num_classes, **cfg.model.kwargs)
@@ -61,14 +96,18 @@ class TrainStep:
             pool_to = student_hw if cfg.method.feature_pool == "adaptive" else None
         distiller = method.build(student, teacher_channels).to(device, memory_format=memory_format)
         runner = TeacherRunner(teachers, device, need_features=distiller.needs_teacher_features,
-                               need_logits=distiller.needs_teacher_logits, pool_to=pool_to)
-        if cfg.train.compile:
+                               need_logits=distiller.needs_teacher_logits, pool_to=pool_to,
+                               compiled=mode == "step")
+        if mode == "modules":
             for model in [student, *teachers]:
                 compile_model(model)
         optimizer = build_optimizer(distiller, cfg.optim, device)
+        if mode == "step" and type(optimizer) is not torch.optim.SGD:
+            raise ConfigError(f"train.compile=step needs torch's SGD (its lr can live on the device); "
+                              f"optim.apex gave {type(optimizer).__name__}: set optim.apex=false")
         scheduler = build_scheduler(optimizer, steps_per_epoch, cfg.schedule, cfg.optim.lr)
         return cls(student=student, distiller=distiller, teachers=runner, optimizer=optimizer, scheduler=scheduler,
-                   runtime=runtime)
+                   runtime=runtime, mode=mode)
 
     def timed(self, batches: Iterable[Batch], limit: int | None = None) -> Iterator[Batch]:
         """The first `limit` batches (all when None), the wait for each recorded as the data_wait section."""
@@ -81,20 +120,40 @@ class TrainStep:
             self.timer.add_ms(DATA_WAIT, (time.perf_counter() - start) * 1e3)
             yield batch
 
-    def __call__(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def __call__(self, images: Tensor, labels: Tensor) -> NamedLosses:
         """One step; returns the named losses (0-d tensors, not synced)."""
+        if self.compiled is not None:
+            with self.timer(COMPILED_STEP):
+                names, vector = self.compiled(images, labels)
+            self.advance_schedule()
+            return NamedLosses(names, vector)
         timer, precision = self.timer, self.runtime.precision
         with precision.autocast():
             pending = self.teachers.launch(images, timer)
             _, losses = self.module(images, labels, pending, timer)
-            total = sum(losses.values())
+            vector = torch.stack(list(losses.values()))  # one kernel; the epoch sums and the total read it
+            total = vector.sum()
         with timer(BACKWARD):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
         with timer(OPTIMIZER):
-            self.lr_used = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
-        timer.step_done()
-        return losses
+        self.advance_schedule()
+        return NamedLosses(list(losses), vector.detach())
+
+    def advance_schedule(self) -> None:
+        """After the update: remember the lr it used, move the per-iteration schedule on, count the step."""
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.timer.step_done()
+
+
+def check_step_mode(cfg: RunConfig, runtime: Runtime) -> None:
+    """What `train.compile=step` cannot hold, refused before any work."""
+    if runtime.dist.enabled:
+        raise ConfigError("train.compile=step runs one process (DDP's gradient hooks sit between the compiled "
+                          "parts); under torchrun use train.compile=true or false")
+    if runtime.precision.name == "fp16":
+        raise ConfigError("train.compile=step cannot use train.precision=fp16: its GradScaler reads the "
+                          "overflow flag on the host every step; use bf16 (or fp32)")

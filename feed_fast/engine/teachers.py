@@ -1,9 +1,11 @@
 """Frozen teachers: loaded from a checkpoint or the model zoo's weights, put in eval mode with gradients off, and
-run under `torch.inference_mode()`, each on its own CUDA stream so they overlap each other and the student's
-forward. Only what the method asks for is computed: the feature map, and the logits only for KD.
+run under `torch.no_grad()`, each on its own CUDA stream so they overlap each other, the student's forward and
+the translator bodies. Only what the method asks for is computed: the feature map, and the logits only for KD.
 
-The outputs leave inference mode as clones: the fused FEED op saves the teacher map for its backward, which
-autograd refuses for inference tensors. Only the final maps are copied (on the teacher's stream)."""
+`no_grad`, not `inference_mode`: the FEED op saves the teacher maps for its backward, which autograd refuses
+for inference tensors, so inference mode would cost a copy of every map per step. Under `no_grad` the maps are
+plain tensors without an autograd graph (the teachers' parameters do not require grad either), used as they are.
+With `compiled=True` each teacher's forward is one `torch.compile(fullgraph=True)` inference call."""
 from __future__ import annotations
 
 import time
@@ -83,47 +85,58 @@ class PendingOutputs:
         return TeacherOutputs(self.features, self.logits)
 
 
+def teacher_outputs(teacher: nn.Module, images: Tensor, need_features: bool, need_logits: bool,
+                    pool_to: tuple[int, int] | None) -> tuple[Tensor | None, Tensor | None]:
+    """One frozen teacher's (feature map or None, logits or None), without an autograd graph."""
+    with torch.no_grad():
+        if need_logits:
+            feature, logits = teacher.forward_features(images)
+        else:
+            feature, logits = teacher.extract_features(images), None
+        if not need_features:
+            feature = None
+        elif pool_to is not None and tuple(feature.shape[2:]) != pool_to:
+            feature = F.adaptive_avg_pool2d(feature, pool_to)
+    return feature, logits
+
+
 class TeacherRunner:
     def __init__(self, teachers: Sequence[nn.Module], device: torch.device, *, need_features: bool,
-                 need_logits: bool, pool_to: tuple[int, int] | None = None) -> None:
+                 need_logits: bool, pool_to: tuple[int, int] | None = None, compiled: bool = False) -> None:
         self.teachers = [freeze(t) for t in teachers]
         self.need_features, self.need_logits, self.pool_to = need_features, need_logits, pool_to
         self.streams = [torch.cuda.Stream(device) for _ in teachers] if device.type == "cuda" else []
+        self.calls = [self._call(t, compiled) for t in self.teachers]
+
+    def _call(self, teacher: nn.Module, compiled: bool):
+        def call(images: Tensor) -> tuple[Tensor | None, Tensor | None]:
+            return teacher_outputs(teacher, images, self.need_features, self.need_logits, self.pool_to)
+
+        return torch.compile(call, fullgraph=True) if compiled else call
 
     def __len__(self) -> int:
         return len(self.teachers)
 
-    def _run_one(self, teacher: nn.Module, images: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        with torch.inference_mode():
-            if self.need_logits:
-                feature, logits = teacher.forward_features(images)
-            else:
-                feature, logits = teacher.extract_features(images), None
-            if not self.need_features:
-                feature = None
-            elif self.pool_to is not None and tuple(feature.shape[2:]) != self.pool_to:
-                feature = F.adaptive_avg_pool2d(feature, self.pool_to)
-        # normal tensors (no grad) that autograd may save for backward
-        return tuple(None if x is None else x.clone() for x in (feature, logits))
-
     def launch(self, images: Tensor, timer=None) -> PendingOutputs | None:
         """Start every teacher on `images`; on CUDA this returns before they finish. `timer` (a StepTimer)
-        gets the span from launch to each teacher's end (CUDA events), or the host time on the CPU."""
+        gets the span from launch to each teacher's end (CUDA events), or the host time on the CPU. Without a
+        timer nothing is timed, so the launch can be captured in a CUDA graph (forked and joined streams)."""
         if not self.teachers:
             return None
         features, logits, events = [], [], []
         if self.streams:
             main = torch.cuda.current_stream()
-            start = torch.cuda.Event(enable_timing=True)
+            timed, capturing = timer is not None, torch.cuda.is_current_stream_capturing()
+            start = torch.cuda.Event(enable_timing=timed)
             start.record(main)
-            for teacher, stream in zip(self.teachers, self.streams):
+            for call, stream in zip(self.calls, self.streams):
                 stream.wait_stream(main)  # images are produced on the main stream
                 with torch.cuda.stream(stream):
-                    feature, logit = self._run_one(teacher, images)
-                    event = torch.cuda.Event(enable_timing=True)
+                    feature, logit = call(images)
+                    event = torch.cuda.Event(enable_timing=timed)
                     event.record(stream)
                 for out in (feature, logit):
-                    if out is not None:
+                    if out is not None and not capturing:  # a graph's pool lives as long as the graph
                         out.record_stream(main)  # freed on the main stream: keep the allocator honest
                 features.append(feature)
                 logits.append(logit)
@@ -132,8 +145,8 @@ class TeacherRunner:
                 timer.add_span(TEACHERS, start, events)
         else:
             host_start = time.perf_counter()
-            for teacher in self.teachers:
-                feature, logit = self._run_one(teacher, images)
+            for call in self.calls:
+                feature, logit = call(images)
                 features.append(feature)
                 logits.append(logit)
             if timer is not None:

@@ -41,15 +41,27 @@ class Distiller(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor, teachers: PendingTeachers | None = None,
                 timer: SectionTimer = no_timer) -> tuple[Tensor, dict[str, Tensor]]:
+        """Student forward and the method's student-only work (`student_side`) run first, while the teachers'
+        streams work; the current stream waits for the teachers only then, right before `losses`."""
         with timer(STUDENT_FORWARD):
-            if self.needs_student_feature:
-                feature, logits = self.student.forward_features(images)
-            else:
-                feature, logits = None, self.student(images)
+            feature, logits, early = self.run_student(images)
         outputs = teachers.wait() if teachers is not None else None
         with timer(LOSS):
-            losses = self.losses(feature, logits, labels, outputs)
+            losses = self.losses(feature, logits, labels, outputs, **early)
         return logits, losses
+
+    def run_student(self, images: Tensor) -> tuple[Tensor | None, Tensor, dict[str, Any]]:
+        """(student feature or None, logits, `student_side`'s keyword arguments for `losses`)."""
+        if self.needs_student_feature:
+            feature, logits = self.student.forward_features(images)
+        else:
+            feature, logits = None, self.student(images)
+        return feature, logits, self.student_side(feature)
+
+    def student_side(self, student_feature: Tensor | None) -> dict[str, Any]:
+        """Work that needs the student only (pFEED: the translator bodies), run before the wait for the
+        teachers; returns extra keyword arguments for `losses`. None by default."""
+        return {}
 
     def losses(self, student_feature: Tensor | None, logits: Tensor, labels: Tensor,
                teachers: TeacherOutputs | None) -> dict[str, Tensor]:

@@ -25,10 +25,14 @@ class PFEED(Distiller):
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
         self.needs_teacher_logits = kd_weight > 0
 
-    def losses(self, student_feature, logits, labels, teachers):
-        feed = self.feed(student_feature, teachers.features)
+    def student_side(self, student_feature):
+        """The translator bodies need only the student: they run while the teachers' streams still work."""
+        return {"head_inputs": self.feed.translators.head_inputs(student_feature)}
+
+    def losses(self, student_feature, logits, labels, teachers, head_inputs=None):
+        feed = self.feed(student_feature, teachers.features, head_inputs=head_inputs)
         losses = {"ce": F.cross_entropy(logits.float(), labels)}
-        # one entry per teacher, so metrics.jsonl shows each FEED term; their sum is feed.total
+        # one entry per teacher, so metrics.jsonl shows each FEED term (views of one vector: no kernel each)
         for k, term in enumerate(feed.per_teacher.unbind(0)):
             losses[f"feed_{k}"] = term
         if self.needs_teacher_logits:

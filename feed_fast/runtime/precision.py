@@ -16,10 +16,12 @@ class Precision:
     dtype: torch.dtype | None
     device_type: str
 
-    def autocast(self):
+    def autocast(self, cache_enabled: bool = True):
+        """`cache_enabled=False` for work captured in a CUDA graph (autocast's weight-cast cache must not outlive
+        the capture; PyTorch's CUDA-graph notes ask for it)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache_enabled)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")

@@ -1,5 +1,5 @@
 """The step clock: time per section of a training step (data wait, teachers, student forward, loss, backward,
-optimizer). CUDA events on a GPU (read once per log interval, so timing never syncs a step), perf_counter on
+optimizer; or, when the whole step is compiled, data wait and the compiled step). CUDA events on a GPU (read once per log interval, so timing never syncs a step), perf_counter on
 the CPU. It lives beside the device decision because which clock runs is a device decision; the methods time
 their own sections with it, the engine the rest.
 
@@ -21,7 +21,8 @@ STUDENT_FORWARD = "student_forward"
 LOSS = "loss"
 BACKWARD = "backward"
 OPTIMIZER = "optimizer"
-SECTIONS = (DATA_WAIT, TEACHERS, STUDENT_FORWARD, LOSS, BACKWARD, OPTIMIZER)
+COMPILED_STEP = "compiled_step"  # train.compile=step: the whole step, one compiled unit (one CUDA graph on a GPU)
+SECTIONS = (DATA_WAIT, TEACHERS, STUDENT_FORWARD, LOSS, BACKWARD, OPTIMIZER, COMPILED_STEP)
 
 SectionTimer = Callable[[str], AbstractContextManager]  # `with timer(LOSS): ...`
 

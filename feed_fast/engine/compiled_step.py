@@ -1,0 +1,170 @@
+"""`train.compile: step`: the whole training step as compiled units, each `torch.compile(fullgraph=True)` (no
+graph break), and on CUDA all of them replayed as one CUDA graph.
+
+The units, in the order a datum meets them:
+1. each teacher's forward: an inference call (`no_grad`) on its own CUDA stream (teachers.py);
+2. the student's forward and the method's student-only work (pFEED: the grouped translator bodies), while the
+   teachers run (`Distiller.run_student`);
+3. after the wait for the teachers, the method's losses (pFEED: the fused FEED op's custom-op node, CE) stacked
+   into one vector and summed. AOTAutograd compiles 2 and 3 with their backward graphs, so `total.backward()`
+   runs compiled code;
+4. the optimizer update: torch's own `SGD.step` body compiled (foreach SGD on the CPU); on CUDA torch's fused
+   SGD, which is one kernel already.
+
+Why these units and not one graph: in torch 2.11-2.14 Dynamo graph-breaks on `Tensor.backward()` and
+`torch.autograd.grad` unless the experimental `torch._dynamo.config.trace_autograd_ops` is set (2.14; off by
+default, and not a switch a training run should depend on), compiled autograd (`compiled_autograd`) captures the
+backward as a separate graph anyway, and `Optimizer.step` graph-breaks on purpose around its body
+(`_use_grad_for_differentiable`). So each unit is one full graph, and on CUDA the CUDA graph is what makes the
+step one launch: PyTorch's whole-network capture (warm-up steps on a side stream, then forward, backward and
+`optimizer.step()` captured together), with the teachers' streams forked and joined inside the capture, so the
+graph keeps their overlap with the student.
+
+What a graph cannot hold is kept out of the step: the lr is a device tensor per param group (`StaticLR`), filled
+from the scheduler's Python float before each step (checkpoints and the scheduler keep the float); batches are
+copied into static input buffers, so shapes are fixed (the training loader drops its last short batch); fp16's
+GradScaler (reads the overflow flag on the host) and DDP are refused by `check_step_mode`.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..methods import TeacherOutputs
+
+CUDA_WARMUP_STEPS = 3  # compiled units compile and autotune, momentum buffers appear: then capture
+
+
+class StaticLR:
+    """Each param group's lr as a 0-d device tensor that a compiled update or a CUDA graph reads. The groups
+    keep their Python floats (what the scheduler writes and checkpoints hold); `fill()` copies them in (one
+    small kernel per group, no sync) and `swapped_in()` lends the tensors to the optimizer for one update."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.groups = optimizer.param_groups
+        self.tensors = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=device) for g in self.groups]
+
+    def fill(self) -> None:
+        for tensor, group in zip(self.tensors, self.groups):
+            tensor.fill_(group["lr"])
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        saved = [g["lr"] for g in self.groups]
+        for tensor, group in zip(self.tensors, self.groups):
+            group["lr"] = tensor
+        try:
+            yield
+        finally:
+            for lr, group in zip(saved, self.groups):
+                group["lr"] = lr
+
+
+def create_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """SGD's momentum buffers as zeros before the first step, so the first update is the compiled (and
+    captured) code of every later one. The same numbers as SGD's own first step without dampening (ours has
+    none): 0 * momentum + grad is exactly grad."""
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) == 0 or group.get("dampening", 0) != 0:
+            continue
+        for p in group["params"]:
+            optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """The optimizer's own step body (without lr_scheduler's call-counting wrapper and `Optimizer.step`'s
+    deliberate graph breaks), compiled with fullgraph unless the optimizer is fused (one kernel already)."""
+    body = inspect.unwrap(type(optimizer).step)
+    optimizer._opt_called = True  # what lr_scheduler's wrapper records; the body is called past that wrapper
+
+    def update() -> None:
+        with torch.no_grad():
+            body(optimizer)
+
+    return update if optimizer.defaults.get("fused") else torch.compile(update, fullgraph=True)
+
+
+class CompiledStep:
+    def __init__(self, step) -> None:
+        """`step`: the TrainStep whose parts this runs (its distiller, teachers, optimizer, runtime)."""
+        self.step = step
+        distiller = step.distiller
+        self.device = step.runtime.device
+        self.front = torch.compile(distiller.run_student, fullgraph=True)
+
+        def losses(feature, logits, labels, teacher_features, teacher_logits, early):
+            teachers = TeacherOutputs(teacher_features, teacher_logits) if step.teachers.teachers else None
+            named = distiller.losses(feature, logits, labels, teachers, **early)
+            vector = torch.stack(list(named.values()))
+            return vector.sum(), vector, tuple(named)
+
+        self.back = torch.compile(losses, fullgraph=True)
+        create_momentum_buffers(step.optimizer)
+        self.update = optimizer_update(step.optimizer)
+        self.lr = StaticLR(step.optimizer, self.device)
+        self.graph = CudaGraphReplay(self.run, step.optimizer) if self.device.type == "cuda" else None
+
+    def run(self, images: Tensor, labels: Tensor, *, capturing: bool = False) -> tuple[tuple[str, ...], Tensor]:
+        """One step through the compiled units, nothing read on the host: (loss names, loss vector)."""
+        step = self.step
+        with step.runtime.precision.autocast(cache_enabled=not capturing):
+            pending = step.teachers.launch(images)
+            feature, logits, early = self.front(images)
+            outputs = pending.wait() if pending is not None else TeacherOutputs(None, None)
+            total, vector, names = self.back(feature, logits, labels, outputs.features, outputs.logits, early)
+        if not capturing:  # a captured step's gradients live in the graph's memory: never set to None there
+            step.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        with self.lr.swapped_in():
+            self.update()
+        return names, vector.detach()
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[str, ...], Tensor]:
+        self.lr.fill()
+        if self.graph is not None:
+            return self.graph(images, labels)
+        return self.run(images, labels)
+
+
+class CudaGraphReplay:
+    """PyTorch's whole-network CUDA-graph capture of `run(images, labels)`: warm-up steps on a side stream, one
+    capture into static input buffers, then every step is two copies and one replay. Each warm-up step and the
+    captured one are real steps (a capture records without running, so it is replayed at once)."""
+
+    def __init__(self, run, optimizer: torch.optim.Optimizer, warmup: int = CUDA_WARMUP_STEPS) -> None:
+        self.run, self.optimizer, self.warmup, self.done = run, optimizer, warmup, 0
+        self.graph = self.static_in = self.static_out = None
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[str, ...], Tensor]:
+        if self.graph is None and self.done < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                names, vector = self.run(images, labels)
+            torch.cuda.current_stream().wait_stream(side)
+            self.done += 1
+            return names, vector
+        if self.graph is None:
+            self.capture(images, labels)
+        elif (images.shape, labels.shape) != (self.static_in[0].shape, self.static_in[1].shape):
+            raise ValueError(f"train.compile=step replays a CUDA graph captured for images "
+                             f"{tuple(self.static_in[0].shape)} and labels {tuple(self.static_in[1].shape)}; got "
+                             f"{tuple(images.shape)} and {tuple(labels.shape)} (the training loader must drop its "
+                             "last short batch)")
+        else:
+            self.static_in[0].copy_(images)
+            self.static_in[1].copy_(labels)
+        self.graph.replay()
+        names, vector = self.static_out
+        return names, vector.clone()  # the next replay overwrites the graph's own output
+
+    def capture(self, images: Tensor, labels: Tensor) -> None:
+        self.static_in = (images.clone(memory_format=torch.preserve_format), labels.clone())
+        self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's pool
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.run(*self.static_in, capturing=True)
