@@ -314,3 +314,60 @@ def test_a_broken_training_image_ends_the_run_in_one_line_naming_it(tmp_path):
     line = assert_one_line_error(feed_fast("train", config, "--out", tmp_path / "run"))
     assert line.startswith("feed-fast train: error: cannot decode 1 image file(s) in ")
     assert victim in line and "set data.skip_corrupt=true to leave unreadable images out" in line
+
+
+# --- the parts, in-process ------------------------------------------------------------------------------------
+def test_a_refused_write_names_the_file_and_the_cause_and_keeps_the_old_file(tmp_path):
+    from feed_fast.atomic_files import WriteFailed, atomic_save, atomic_write
+
+    target = tmp_path / "last.pt"
+    atomic_save({"a": torch.ones(2)}, target)
+
+    def disk_full(file):  # what torch.save reports: a RuntimeError chained to the OSError
+        try:
+            raise OSError(28, os.strerror(28))
+        except OSError as err:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from err
+
+    with pytest.raises(WriteFailed) as caught:
+        atomic_write(disk_full, target, keep_previous=tmp_path / "last.prev.pt")
+    assert str(caught.value) == f"cannot write {target}: No space left on device (errno 28)"
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]  # old file intact, no temporary, no previous copy yet
+    assert torch.equal(checkpoint(target)["a"], torch.ones(2))
+
+    atomic_save({"a": torch.zeros(2)}, target, keep_previous=tmp_path / "last.prev.pt")
+    assert torch.equal(checkpoint(target)["a"], torch.zeros(2))
+    assert torch.equal(checkpoint(tmp_path / "last.prev.pt")["a"], torch.ones(2))
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Opaque:  # an object torch.load(weights_only=True) will not rebuild
+    pass
+
+
+def test_a_checkpoint_holding_other_python_objects_is_refused_without_unsafe_advice(tmp_path):
+    from feed_fast.engine.checkpoint import CheckpointError, read_checkpoint
+
+    torch.save({"weights": torch.ones(2), "object": Opaque()}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(tmp_path / "pickled.pt")
+    message = str(caught.value)
+    assert "holds Python objects other than tensors, numbers and plain containers" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_run_ignores_sigxfsz_so_a_file_size_limit_fails_the_write_and_puts_it_back_after():
+    import signal
+
+    from feed_fast.runtime import GracefulStop
+
+    before = signal.getsignal(signal.SIGXFSZ)
+    with GracefulStop():
+        assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGXFSZ) == before
