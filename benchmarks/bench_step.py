@@ -1,25 +1,36 @@
-"""Step-time breakdown of a training step (data wait, teachers, student forward, loss, backward, optimizer)
-for the student alone (baseline) and for pFEED with K teachers, through the engine's own step; reports the
-pFEED overhead over the student alone. CUDA events on a GPU, timers on the CPU. Synthetic data, random
-weights (speed does not depend on them). Speed is reported, never asserted.
+"""The pFEED training step against its floor, measured in one run: for each step mode (eager, and the compiled
+step, `train.compile: step`, CUDA-graph replays on a GPU), the engine's own parts alone
 
-    python benchmarks/bench_step.py                      # GPU: ResNet-18 + 3 ResNet-34 teachers, batch 256, 224 px
-    python benchmarks/bench_step.py --preset cifar       # ResNet-56 + 3 ResNet-56, batch 128, 32 px
-    python benchmarks/bench_step.py --smoke              # tiny models, a few steps (the default on the CPU)
+    (a) student_step         the student's training step (method baseline: forward, CE, backward, update)
+    (b) teachers_forward     the K teachers' forward (on their streams on a GPU), waited for
+    (d) translators          the K translators' forward + backward as pFEED runs them (grouped bodies + the
+                             FEED loss with its heads), from a student map and the teachers' maps
+    (c) pfeed_step           the whole pFEED step
 
-GPU full runs write benchmarks/results/step_<preset>_<gpu>.json; others a temp file (or --out).
-On a GPU the teachers run on their own streams, so sections overlap: `step_ms` is the wall time per step,
-and the sections add up to more than it.
+and the ratios c / (a + b + d) in time, in dispatched ops (host-issued operator calls and compiled kernels,
+torch.profiler; see step_profile.py) and in host CPU time. In the compiled mode each part is compiled the same
+way (and on a GPU replayed from a CUDA graph), so the floor is what the same machinery does with the parts
+alone. Synthetic data, random weights (speed does not depend on them). Speed is reported, never asserted.
+
+    python benchmarks/bench_step.py --preset cifar       # GPU: ResNet-56 + 3 ResNet-56 teachers, B=128, 32 px
+    python benchmarks/bench_step.py --preset imagenet    # GPU: ResNet-18 + 3 ResNet-34 teachers, B=256, 224 px
+    python benchmarks/bench_step.py --preset smoke       # tiny models, both modes (the CPU figures)
+    python benchmarks/bench_step.py --smoke              # plumbing check: tiny models, eager only, few steps
+
+GPU runs of a named preset write benchmarks/results/step_<preset>_<gpu>.json; others a temp file (or --out).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,12 +39,16 @@ from feed_fast.config import RunConfig
 from feed_fast.engine.data import build_loaders
 from feed_fast.engine.step import TrainStep
 from feed_fast.environment import environment
-from feed_fast.methods import METHODS, build_method
+from feed_fast.methods import build_method
 from feed_fast.models import build_model
 from feed_fast.runtime import DEVICES, PRECISIONS, open_runtime, resolve_device
 from feed_fast.runtime.timing import SECTIONS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_profile import inductor_kernel_profiling, profile_steps
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BEFORE = RESULTS_DIR / "step_ops_before_issue11_cpu.json"  # dispatched ops per step measured before issue #11
 PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
     "imagenet": {"student": "resnet18", "teacher": "resnet34", "teachers": 3, "batch": 256, "image_size": 224,
                  "classes": 1000, "kwargs": {}},
@@ -42,9 +57,12 @@ PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
     "smoke": {"student": "resnet8", "teacher": "resnet8", "teachers": 3, "batch": 8, "image_size": 16,
               "classes": 10, "kwargs": {"widths": [4, 8, 16]}},
 }
+MODES = {"eager": False, "step": "step"}  # -> train.compile
+PARTS = ("student_step", "teachers_forward", "translators", "pfeed_step")
+BATCH_SETS = 4  # batches cycled through (a GPU ImageNet batch is 150 MB: not one per step)
 
 
-def run_config(preset: dict, method: str, args) -> RunConfig:
+def run_config(preset: dict, method: str, args, compile_setting) -> RunConfig:
     # teachers are built here with random weights (speed does not depend on them): the entries only name them
     teachers = [{"name": preset["teacher"], "checkpoint": "<random init>", "kwargs": preset["kwargs"]}] * (
         preset["teachers"] if method != "baseline" else 0)
@@ -56,119 +74,275 @@ def run_config(preset: dict, method: str, args) -> RunConfig:
                  "image_size": preset["image_size"]},
         "schedule": {"name": "constant", "epochs": 1, "milestones": []},
         "train": {"device": args.device, "precision": args.precision, "channels_last": args.channels_last,
-                  "compile": args.compile, "progress": "none", "log_every": 10**9},
+                  "compile": compile_setting, "progress": "none", "log_every": 10**9},
     }, check_paths=False)
 
 
-def endless(loader):
-    epoch = 0
-    while True:
-        yield from loader.iter_from(epoch, 0)
-        epoch += 1
+def build_step(cfg: RunConfig, runtime, preset: dict) -> TrainStep:
+    torch.manual_seed(0)
+    teachers = [build_model(t.name, preset["classes"], **t.kwargs) for t in cfg.teachers]
+    step = TrainStep.from_config(cfg, runtime, build_method(cfg.method), teachers, num_classes=preset["classes"],
+                                 image_size=preset["image_size"], steps_per_epoch=10**6, seed=cfg.train.seed)
+    step.distiller.train()
+    return step
 
 
-def measure(method: str, preset: dict, args) -> dict:
-    """The engine's own step (TrainStep, as the trainer assembles it), `warmup` untimed then `iters` timed steps."""
-    cfg = run_config(preset, method, args)
-    with open_runtime(cfg.train, handle_signals=False) as runtime:
-        loaders = build_loaders(cfg, runtime)
-        torch.manual_seed(0)
-        teachers = [build_model(t.name, preset["classes"], **t.kwargs) for t in cfg.teachers]
-        step = TrainStep.from_config(cfg, runtime, build_method(cfg.method), teachers,
-                                     num_classes=loaders.train.num_classes, image_size=loaders.train.image_size,
-                                     steps_per_epoch=len(loaders.train), seed=cfg.train.seed)
-        step.distiller.train()
-        batches = step.timed(endless(loaders.train))
-        for images, labels in itertools.islice(batches, args.warmup):
-            step(images, labels)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        step.timer.reset()
+class Graphed:
+    """`fn(*inputs)` captured in a CUDA graph after warm-up calls on a side stream (the part-alone twin of the
+    compiled step's replay); every call copies its inputs into the static ones and replays."""
+
+    def __init__(self, fn: Callable, inputs: list[torch.Tensor], warmup: int = 3) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.static = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            fn(*self.static, capturing=True)
+
+    def __call__(self, *inputs) -> None:
+        with torch.no_grad():
+            for static, x in zip(self.static, inputs):
+                static.copy_(x)
+        self.graph.replay()
+
+
+def teachers_part(step: TrainStep) -> Callable:
+    """(b): the pFEED step's own teacher runner (compiled inference calls in the step mode), waited for."""
+    precision = step.runtime.precision
+
+    def run(images, capturing=False):
+        with precision.autocast(cache_enabled=not capturing):
+            step.teachers.launch(images).wait()
+
+    return run
+
+
+def translators_part(step: TrainStep, compiled: bool) -> Callable:
+    """(d): the pFEED distiller's FEEDLoss (grouped translator bodies, heads in the FEED op) forward + backward
+    from a student map (a leaf that requires grad) and the teachers' maps, its gradients set to None first as
+    a step does."""
+    feed, precision = step.distiller.feed, step.runtime.precision
+    params = list(feed.parameters())
+
+    def loss(student_feature, teacher_maps):
+        return feed(student_feature, teacher_maps).total
+
+    if compiled:
+        loss = torch.compile(loss, fullgraph=True)
+
+    def run(student_feature, *teacher_maps, capturing=False):
+        if not capturing:
+            for p in (*params, student_feature):
+                p.grad = None
+        with precision.autocast(cache_enabled=not capturing):
+            total = loss(student_feature, list(teacher_maps))
+        total.backward()
+
+    return run
+
+
+def probe_inputs(step: TrainStep, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A student feature map and the teachers' maps, as the pFEED step would hand them to the translators."""
+    with torch.no_grad(), step.runtime.precision.autocast():
+        feature = step.student.extract_features(images)
+        maps = step.teachers.launch(images).wait().features
+    return feature.detach().clone(), maps
+
+
+def measure(fn: Callable[[int], object], args, device: torch.device) -> dict:
+    """`warmup` untimed calls, then `iters` timed ones (wall time per call, synchronized on a GPU), then the
+    profiler over `profile_steps` more."""
+    for i in range(args.warmup):
+        fn(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for i in range(args.iters):
         start = time.perf_counter()
-        for images, labels in itertools.islice(batches, args.iters):
-            step(images, labels)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        wall_ms = (time.perf_counter() - start) * 1e3 / args.iters
-        breakdown = step.timer.collect()
+        fn(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    result = {"ms": sum(times) / len(times), "median_ms": times[len(times) // 2],
+              "p20_ms": times[int(0.2 * (len(times) - 1))], "p80_ms": times[int(0.8 * (len(times) - 1))]}
+    if args.profile_steps:
+        profiled = profile_steps(fn, args.profile_steps, device)
+        result.update({k: profiled[k] for k in ("dispatched_ops", "host_cpu_ms", "dispatched_by_op")})
+        if "cuda_launches" in profiled:
+            result["cuda_launches"] = profiled["cuda_launches"]
+    return result
+
+
+def measure_mode(mode: str, preset: dict, args, device: torch.device) -> dict:
+    """The four parts in one step mode."""
+    compile_setting, compiled = MODES[mode], mode == "step"
+    graph = compiled and device.type == "cuda"
+    pfeed_cfg = run_config(preset, "pfeed", args, compile_setting)
+    with open_runtime(pfeed_cfg.train, handle_signals=False) as runtime, (
+            inductor_kernel_profiling() if compiled else contextlib.nullcontext()):
+        loaders = build_loaders(pfeed_cfg, runtime)
+        batches = list(itertools.islice(loaders.train.iter_from(0, 0), BATCH_SETS))
+        baseline = build_step(run_config(preset, "baseline", args, compile_setting), runtime, preset)
+        pfeed = build_step(pfeed_cfg, runtime, preset)
+        feature, maps = probe_inputs(pfeed, batches[0][0])
+        feature.requires_grad_(True)
+        teachers = teachers_part(pfeed)
+        translators = translators_part(pfeed, compiled)
+        if graph:
+            teachers = Graphed(teachers, [batches[0][0]])
+            translators = Graphed(translators, [feature, *maps])
+        calls = {
+            "student_step": lambda i: baseline(*batches[i % BATCH_SETS]),
+            "teachers_forward": lambda i: teachers(batches[i % BATCH_SETS][0]),
+            "translators": lambda i: translators(feature, *maps),
+            "pfeed_step": lambda i: pfeed(*batches[i % BATCH_SETS]),
+        }
+        parts = {}
+        for name in PARTS:
+            parts[name] = measure(calls[name], args, device)
+            parts[name]["images_per_sec"] = preset["batch"] / parts[name]["ms"] * 1e3
+        for name, step in (("student_step", baseline), ("pfeed_step", pfeed)):
+            step.timer.reset()  # the sections of the profiled steps only are not wanted: measure a few clean ones
+            for i in range(max(args.iters, 1)):
+                step(*batches[i % BATCH_SETS])
+            parts[name]["sections_ms"] = step.timer.collect()
         return {
-            "method": method,
-            "teachers": len(teachers),
-            "step_ms": wall_ms,
-            "images_per_sec": preset["batch"] / wall_ms * 1e3,
-            "sections_ms": breakdown,
-            "sections_sum_ms": sum(breakdown.values()),
+            "mode": mode,
+            "train_compile": compile_setting,
+            "cuda_graph": graph,
             "precision": runtime.precision.name,
             "channels_last": runtime.channels_last,
-            "optimizer": type(step.optimizer).__name__,
-            "optimizer_impl": "fused" if step.optimizer.defaults.get("fused") else
-            ("foreach" if step.optimizer.defaults.get("foreach") else "default"),
-            "feed_backend": cfg.method.backend,
+            "optimizer_impl": "fused" if pfeed.optimizer.defaults.get("fused") else
+            ("foreach" if pfeed.optimizer.defaults.get("foreach") else "default"),
+            "feed_backend": pfeed_cfg.method.backend,
+            "translator_bodies": len(pfeed.distiller.feed.translators.bodies),
+            "parts": parts,
+            "floor": floor_ratios(parts),
         }
+
+
+def ratio(numerator, denominator):
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def floor_ratios(parts: dict) -> dict:
+    """c / (a + b + d) for each figure the four parts share."""
+    out = {}
+    for key, label in (("ms", "time"), ("dispatched_ops", "dispatched_ops"), ("host_cpu_ms", "host_cpu"),
+                       ("cuda_launches", "cuda_launches")):
+        if all(key in parts[p] for p in PARTS):
+            floor = sum(parts[p][key] for p in ("student_step", "teachers_forward", "translators"))
+            out[label] = ratio(parts["pfeed_step"][key], floor)
+    return out
+
+
+def before_issue_11(name: str, preset: dict, args, device: torch.device) -> dict | None:
+    """Today's dispatched ops next to those measured before issue #11, where the setting is the same."""
+    if not BEFORE.exists() or device.type != "cpu" or name != "smoke" or preset["teachers"] != 3 \
+            or preset["batch"] != 8 or args.precision not in ("auto", "fp32"):
+        return None
+    before = json.loads(BEFORE.read_text())
+    key = next((k for k in before["dispatched_ops_per_step"] if k.startswith(f"feed backend {args.backend} ")), None)
+    return None if key is None else {"commit": before["commit"], "feed_backend": key,
+                                     **before["dispatched_ops_per_step"][key]}
+
+
+def source_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: imagenet on a GPU, smoke on the CPU")
-    parser.add_argument("--smoke", action="store_true", help="the tiny preset (same as --preset smoke)")
+    parser.add_argument("--smoke", action="store_true", help="plumbing check: the smoke preset, eager only")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), help="default: eager step (--smoke: eager)")
     parser.add_argument("--teachers", type=int, help="number of teachers (default: the preset's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--methods", nargs="+", default=["baseline", "pfeed"],
-                        choices=[m for m in METHODS if m != "sfeed"])  # sfeed's step is pfeed's
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10 GPU, 2 CPU)")
-    parser.add_argument("--iters", type=int, default=None, help="timed steps (default 50 GPU, 3 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per part (default 10 GPU, 3 CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed calls per part (default 50 GPU, 5 CPU)")
+    parser.add_argument("--profile-steps", type=int, default=None, help="profiled calls per part (default 3)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--channels-last", default="auto", type=lambda v: v if v == "auto" else v == "true",
                         help="auto | true | false")
-    parser.add_argument("--compile", action="store_true", help="torch.compile student and teachers")
     parser.add_argument("--backend", default="auto", help="FEED loss backend (auto | torch | triton | hybrid)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="JSON file to write")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     name = "smoke" if args.smoke else (args.preset or ("imagenet" if gpu else "smoke"))
     preset = dict(PRESETS[name])
     preset["teachers"] = args.teachers or preset["teachers"]
     preset["batch"] = args.batch or preset["batch"]
-    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
-    args.iters = args.iters if args.iters is not None else (50 if gpu else 3)
-    results = [measure(method, preset, args) for method in args.methods]
-    by_method = {r["method"]: r for r in results}
-    overhead = None
-    if "baseline" in by_method and "pfeed" in by_method:
-        overhead = by_method["pfeed"]["step_ms"] / by_method["baseline"]["step_ms"]
+    modes = args.modes or (["eager"] if args.smoke else list(MODES))
+    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
+    args.iters = max(1, args.iters if args.iters is not None else (50 if gpu else 5))
+    args.profile_steps = args.profile_steps if args.profile_steps is not None else 3
+    results = {mode: measure_mode(mode, preset, args, device) for mode in modes}
     report = {
-        "benchmark": "train step breakdown",
+        "benchmark": "train step against its floor",
         **environment(device),
+        "commit": source_commit(),
         "preset": name,
         "setting": {"student": preset["student"], "teacher": preset["teacher"], "teachers": preset["teachers"],
                     "batch": preset["batch"], "image_shape": [3, preset["image_size"], preset["image_size"]],
-                    "input_dtype": "float32", "num_classes": preset["classes"], "warmup": args.warmup,
-                    "iters": args.iters, "compile": args.compile, "sections": list(SECTIONS)},
+                    "model_kwargs": preset["kwargs"], "input_dtype": "float32", "num_classes": preset["classes"],
+                    "warmup": args.warmup, "iters": args.iters, "profile_steps": args.profile_steps,
+                    "modes": modes, "parts": list(PARTS), "sections": list(SECTIONS)},
         "results": results,
-        "pfeed_over_baseline_step_time": overhead,
-        "notes": "step_ms is wall time per step; sections overlap on a GPU (teachers on their own streams)",
+        "step_over_eager_images_per_sec": ratio(
+            results.get("step", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec"),
+            results.get("eager", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec")),
+        "before_issue_11": before_issue_11(name, preset, args, device),
+        "notes": ("ms: wall time per call (synchronized on a GPU); dispatched_ops and host_cpu_ms: torch.profiler "
+                  "over profile_steps calls (host_cpu_ms includes the profiler's own cost); floor: pfeed_step / "
+                  "(student_step + teachers_forward + translators); on a GPU the teachers overlap the student, so "
+                  "the time ratio can fall below 1"),
     }
     out = args.out
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "_", report["device"]["name"].lower()).strip("_")
-        out = (RESULTS_DIR / f"step_{name}_{slug}.json" if gpu and name != "smoke" else
+        out = (RESULTS_DIR / f"step_{name}_{slug}.json" if gpu and not args.smoke else
                Path(tempfile.gettempdir()) / "feed_fast_bench" / f"step_{name}_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    for r in results:
-        sections = " ".join(f"{k} {v:.2f}" for k, v in r["sections_ms"].items())
-        print(f"{r['method']:8s} K={r['teachers']} step {r['step_ms']:.2f} ms ({r['images_per_sec']:.0f} img/s) "
-              f"| {sections}")
-    if overhead is not None:
-        print(f"pFEED / baseline step time: {overhead:.2f}x")
+    print_report(report)
     print(f"wrote {out}")
     return 0
+
+
+def print_report(report: dict) -> None:
+    for mode, result in report["results"].items():
+        print(f"[{mode}] {report['preset']} K={report['setting']['teachers']} B={report['setting']['batch']} "
+              f"{result['precision']}{' cuda-graph' if result['cuda_graph'] else ''}")
+        for name, part in result["parts"].items():
+            ops = part.get("dispatched_ops")
+            print(f"  {name:17s} {part['ms']:9.3f} ms  {part['images_per_sec']:9.0f} img/s"
+                  + (f"  {ops:7.1f} ops  {part['host_cpu_ms']:8.3f} host ms" if ops is not None else ""))
+        floor = " ".join(f"{k} {v:.3f}" for k, v in result["floor"].items() if v is not None)
+        print(f"  c/(a+b+d): {floor}")
+    if report["step_over_eager_images_per_sec"] is not None:
+        print(f"compiled step / eager pFEED step, images/s: {report['step_over_eager_images_per_sec']:.2f}x")
+    before = report["before_issue_11"]
+    if before is not None and "eager" in report["results"]:
+        now = report["results"]["eager"]["parts"]["pfeed_step"].get("dispatched_ops")
+        print(f"dispatched ops per pFEED step (eager): {now} now, {before['pfeed']} before issue #11")
 
 
 if __name__ == "__main__":

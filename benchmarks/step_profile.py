@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from collections.abc import Callable
 
@@ -27,12 +28,15 @@ NO_WORK_OPS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "n
                          "stride", "requires_grad_", "retain_grad", "record_stream", "result_type"})
 CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
                  "cudaGraphLaunch", "cudaLaunchCooperativeKernel")
-INDUCTOR_KERNEL_PREFIXES = ("cpp_fused", "cpp_", "triton_", "kernel_cpp")
+# Inductor's kernels as the profiler names them: "graph_0_cpp_fused_relu_1" (C++), "triton_poi_fused_add_0" (GPU)
+INDUCTOR_KERNEL = re.compile(r"^(graph_\d+_)?(cpp_fused|triton_(poi|red|per|tem|for)_)")
 
 
 @functools.cache
 def is_view_op(name: str) -> bool:
-    """aten::<name> returns an alias of its input in every overload (schema alias annotation): no kernel."""
+    """aten::<name> returns an alias of its input (schema alias annotation on an overload's output): no kernel
+    of its own. Composites that may copy (`contiguous`, `reshape`, `to`) are annotated so too; when they do
+    copy, the copying op they call (clone, _to_copy) is counted instead."""
     ns, _, op = name.partition("::")
     packet = getattr(getattr(torch.ops, ns, None), op, None)
     if packet is None:
@@ -41,7 +45,7 @@ def is_view_op(name: str) -> bool:
         overloads = [getattr(packet, o) for o in packet.overloads()]
     except (AttributeError, RuntimeError):
         return False
-    return bool(overloads) and all(getattr(o, "is_view", False) for o in overloads)
+    return any(getattr(o, "is_view", False) for o in overloads)
 
 
 def is_operator(name: str) -> bool:
@@ -50,7 +54,7 @@ def is_operator(name: str) -> bool:
 
 
 def does_work(name: str) -> bool:
-    if name.startswith(INDUCTOR_KERNEL_PREFIXES):
+    if INDUCTOR_KERNEL.match(name):
         return True
     if not is_operator(name):
         return False
