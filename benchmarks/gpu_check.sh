@@ -75,12 +75,12 @@ remaining() {
     echo $((left > 1 ? left : 1))
 }
 
-# run_limited LOG CMD...: runs CMD within this part's remaining time, output to the terminal and LOG.
+# run_limited LOG SECONDS CMD...: runs CMD for at most SECONDS, output to the terminal and LOG.
 run_limited() {
-    local log=$1
-    shift
-    say "\$ $*" | tee -a "$log"
-    timeout --kill-after=20 "$(remaining)" "$@" 2>&1 | tee -a "$log"
+    local log=$1 limit=$2
+    shift 2
+    say "\$ $* (limit ${limit} s)" | tee -a "$log"
+    timeout --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$log"
     return "${PIPESTATUS[0]}"
 }
 
@@ -116,7 +116,7 @@ part_tests() {
     # Smoke: one file's GPU tests (they skip on the CPU) prove the plumbing without collecting the whole suite.
     local paths=(tests)
     [[ $SMOKE == 1 ]] && paths=(tests/test_bench_feed_loss.py)
-    run_limited "$LOG" "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu "${paths[@]}" -o junit_family=xunit2 \
+    run_limited "$LOG" "$(remaining)" "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu "${paths[@]}" -o junit_family=xunit2 \
         --junitxml="$xml"
     local rc=$?
     "$PYTHON" benchmarks/gpu_check_report.py junit "$xml" --out "$json" | tee -a "$LOG" >/dev/null
@@ -137,15 +137,15 @@ bench_loss() {
     # Launches vs K: once, at the cheap shape, in the trainer's layout (each K compiles its own kernels).
     if [[ $name == cifar ]]; then args+=(--sweep-layouts channels_last); else args+=(--no-sweep); fi
     local budget=$(($(remaining) - 45))
-    run_limited "$LOG" "$PYTHON" benchmarks/bench_feed_loss.py "${args[@]}" --budget-s $((budget > 0 ? budget : 0)) \
+    run_limited "$LOG" "$(remaining)" "$PYTHON" benchmarks/bench_feed_loss.py "${args[@]}" --budget-s $((budget > 0 ? budget : 0)) \
         --out "$json"
 }
 
-# The one place that calls bench_step.py (another engineer owns its flags): PRESET OUT_JSON.
+# The one place that calls bench_step.py (its flags are another engineer's): PRESET OUT_JSON SECONDS.
 bench_step() {
     local args=(--preset "$1")
     [[ $SMOKE == 1 ]] && args=(--smoke --warmup 1 --iters 1)
-    run_limited "$LOG" "$PYTHON" benchmarks/bench_step.py "${args[@]}" --out "$2"
+    run_limited "$LOG" "$3" "$PYTHON" benchmarks/bench_step.py "${args[@]}" --out "$2"
 }
 
 part_cifar() { bench_loss cifar "$([[ $SMOKE == 1 ]] && echo smoke_cifar_like || echo cifar)"; }
@@ -164,7 +164,11 @@ part_step() {
     for preset in cifar imagenet; do
         json=$OUT_DIR/${PREFIX}step_${preset}_$DEV.json
         OUTPUTS+=("$json")
-        bench_step "$preset" "$json" || { local failed=$?; [[ $rc == 0 ]] && rc=$failed; }
+        # cifar may use half of what is left, so that imagenet always gets its turn.
+        local limit
+        limit=$(remaining)
+        [[ $preset == cifar ]] && limit=$((limit / 2))
+        bench_step "$preset" "$json" "$limit" || { local failed=$?; [[ $rc == 0 ]] && rc=$failed; }
     done
     return "$rc"
 }
