@@ -1,6 +1,8 @@
 """TranslatorGroup: K translators fed one input, computed with one conv and one grouped conv per shared width.
 It must be K separate Translators in every observable way: forward and gradients (float64, odd sizes), per-teacher
 BatchNorm statistics, initial weights and random draws, and checkpoint keys (both layouts load)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -200,3 +202,51 @@ def test_views_and_standalone_translators():
 def test_bad_configuration_names_the_argument(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         TranslatorGroup(4, **kwargs)
+
+
+@pytest.mark.parametrize("options", [{}, {"batch_norm": True, "width": 3}])
+def test_a_last_pt_from_before_the_grouping_resumes_its_translators_and_their_momentum(options):
+    """A distiller with K separate Translators (the layout before the grouping) trains a step; its module state
+    and its SGD state (momentum buffers, in the old parameter order) load into today's distiller and optimizer,
+    and the next step of both gives the same weights."""
+    from feed_fast.engine.optimizer_state import accept_pre_grouping_state
+
+    torch.manual_seed(6)
+    student = nn.Conv2d(2, 5, 1)
+    before = nn.ModuleDict({"student": student, "feed": nn.ModuleDict({
+        "translators": nn.ModuleList(Translator(5, c, **options) for c in (4, 4, 6))})})
+    today = nn.ModuleDict({"student": nn.Conv2d(2, 5, 1), "feed": FEEDLoss(5, [4, 4, 6], backend="torch", **options)})
+
+    def sgd(module):
+        return torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def loss(module, x):
+        feature = module["student"](x)
+        if isinstance(module["feed"], FEEDLoss):
+            outputs = module["feed"].translators(feature)  # the grouped forward
+        else:
+            outputs = [t(feature) for t in module["feed"]["translators"]]
+        return sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outputs)
+
+    old_opt = sgd(before)
+    x = torch.randn(3, 2, 4, 4)
+    loss(before, x).backward()
+    old_opt.step()
+    assert len(old_opt.state_dict()["param_groups"][0]["params"]) != len(list(today.parameters()))
+
+    today.load_state_dict(before.state_dict())  # the module state: per-teacher keys, unchanged
+    new_opt = sgd(today)
+    accept_pre_grouping_state(new_opt, today)
+    new_opt.load_state_dict(copy.deepcopy(old_opt.state_dict()))  # as read back from last.pt
+    momentum = [new_opt.state[p]["momentum_buffer"] for p in today.parameters()]
+    assert len(momentum) == len(list(today.parameters()))
+
+    for module, opt in ((before, old_opt), (today, new_opt)):
+        opt.zero_grad()
+        loss(module, x).backward()
+        opt.step()
+    for key, value in before.state_dict().items():
+        torch.testing.assert_close(today.state_dict()[key], value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+    today_state = new_opt.state_dict()
+    new_opt.load_state_dict(today_state)  # today's layout passes through the hook unchanged

@@ -22,6 +22,7 @@ from ..models import build_model
 from ..runtime import Runtime
 from ..runtime.timing import BACKWARD, COMPILED_STEP, DATA_WAIT, OPTIMIZER, StepTimer
 from .optim import build_optimizer, build_scheduler
+from .optimizer_state import accept_pre_grouping_state
 from .teachers import TeacherRunner, check_feature_shapes
 
 Batch = tuple[Tensor, Tensor]
@@ -102,6 +103,7 @@ class TrainStep:
             for model in [student, *teachers]:
                 compile_model(model)
         optimizer = build_optimizer(distiller, cfg.optim, device)
+        accept_pre_grouping_state(optimizer, distiller)  # last.pt from before the translators were grouped
         if mode == "step" and type(optimizer) is not torch.optim.SGD:
             raise ConfigError(f"train.compile=step needs torch's SGD (its lr can live on the device); "
                               f"optim.apex gave {type(optimizer).__name__}: set optim.apex=false")
