@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..methods import TeacherOutputs
+from .step import stack_losses
 
 CUDA_WARMUP_STEPS = 3  # compiled units compile and autotune, momentum buffers appear: then capture
 
@@ -99,8 +100,8 @@ class CompiledStep:
         def losses(feature, logits, labels, teacher_features, teacher_logits, early):
             teachers = TeacherOutputs(teacher_features, teacher_logits) if step.teachers.teachers else None
             named = distiller.losses(feature, logits, labels, teachers, **early)
-            vector = torch.stack(list(named.values()))
-            return vector.sum(), vector, tuple(named)
+            total, vector = stack_losses(named)
+            return total, vector, tuple(named)
 
         self.back = torch.compile(losses, fullgraph=True)
         create_momentum_buffers(step.optimizer)

@@ -45,6 +45,15 @@ def compile_model(model: nn.Module) -> None:
         setattr(model, name, torch.compile(getattr(model, name)))
 
 
+def stack_losses(losses: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(total, vector) of a step's named 0-d losses: one stack and one sum (a single loss: views only)."""
+    values = list(losses.values())
+    if len(values) == 1:
+        return values[0], values[0].reshape(1)
+    vector = torch.stack(values)
+    return vector.sum(), vector
+
+
 class NamedLosses(dict):
     """What a step returns: loss name -> 0-d tensor (detached), all views of one vector (`vector`), so that
     stacking them for the epoch sums costs nothing and nothing is read on the host."""
@@ -133,8 +142,7 @@ class TrainStep:
         with precision.autocast():
             pending = self.teachers.launch(images, timer)
             _, losses = self.module(images, labels, pending, timer)
-            vector = torch.stack(list(losses.values()))  # one kernel; the epoch sums and the total read it
-            total = vector.sum()
+            total, vector = stack_losses(losses)  # the epoch sums read the vector
         with timer(BACKWARD):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
