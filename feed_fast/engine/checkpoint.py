@@ -77,7 +77,7 @@ def why_unreadable(path: Path, error: BaseException) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", look_beside: bool = True,
-                    use_instead: str | None = None) -> Any:
+                    use_instead: str | None = None, mmap: bool = False) -> Any:
     """torch.load with weights_only=True; any failure becomes a CheckpointError naming the file and the problem
     (and, with `look_beside`, the readable checkpoints in the same folder; `use_instead` says how to use them)."""
     path = Path(path)
@@ -89,7 +89,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", look_
     if path.stat().st_size == 0:
         raise CheckpointError(path, "is empty (0 bytes)", **refuse)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 -- torch.load raises many types for a damaged file
         raise CheckpointError(path, why_unreadable(path, err), **refuse) from None
 
@@ -102,7 +102,7 @@ def readable_checkpoints_beside(path: Path) -> list[str]:
         if other.name == path.name or not other.is_file():
             continue
         try:
-            obj = read_checkpoint(other, look_beside=False)
+            obj = read_checkpoint(other, look_beside=False, mmap=True)  # structure only: tensors stay on disk
         except CheckpointError:
             continue
         found.append(f"{name} ({describe_contents(obj)})")
