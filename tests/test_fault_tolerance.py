@@ -309,7 +309,7 @@ def test_a_broken_training_image_ends_the_run_in_one_line_naming_it(tmp_path):
     config.write_text(yaml.safe_dump({**TINY, "data": {"dataset": "imagefolder", "root": str(tmp_path / "data"),
                                                        "backend": "torchvision", "batch_size": 4,
                                                        "eval_batch_size": 4, "image_size": 16,
-                                                       "num_threads": 1},
+                                                       "num_threads": 2},
                                       "train": {**TINY["train"], "max_steps_per_epoch": None}}))  # every image
     line = assert_one_line_error(feed_fast("train", config, "--out", tmp_path / "run"))
     assert line.startswith("feed-fast train: error: cannot decode 1 image file(s) in ")
