@@ -43,6 +43,15 @@ def feed_fast(*args, file_size_limit: int | None = None, timeout: int = 180) -> 
                           preexec_fn=limit_file_size if file_size_limit else None)
 
 
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The same command through feed_fast.cli.main in this process (no start-up cost): for the variants of a
+    case whose first variant runs as a subprocess. An uncaught exception fails the test as a traceback would."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def assert_one_line_error(proc, code: int = 2) -> str:
     """Exit `code`, one line on stderr and no traceback; returns the line."""
     assert proc.returncode == code, proc.stderr[-3000:]
@@ -107,10 +116,11 @@ def metrics_text(records) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("crash", ["after the first metrics line, before the first last.pt",
                                    "after a metrics line newer than last.pt, mid-line",
                                    "after last.pt, before its metrics line"])
-def test_a_resumed_run_holds_each_epoch_once_matching_its_checkpoint(finished, tmp_path, crash):
+def test_a_resumed_run_holds_each_epoch_once_matching_its_checkpoint(finished, tmp_path, capsys, crash):
     _, done = finished
     reference = [json.loads(line) for line in (done / "metrics.jsonl").read_text().splitlines()]
     run = tmp_path / "run"
@@ -127,7 +137,8 @@ def test_a_resumed_run_holds_each_epoch_once_matching_its_checkpoint(finished, t
         shutil.copy(done / "last.prev.pt", run / "last.pt")
         (run / "metrics.jsonl").write_text(metrics_text(reference[:1]))
 
-    proc = feed_fast("train", "--resume", run)
+    first = crash.startswith("after the first metrics line")
+    proc = feed_fast("train", "--resume", run) if first else in_process(capsys, "train", "--resume", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
@@ -155,13 +166,15 @@ PROBLEM = {"truncated": "is truncated", "garbage": "is not a torch checkpoint", 
            "wrong model": "does not fit this run's student (resnet8)"}
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("how", list(PROBLEM))
-def test_resume_refuses_a_damaged_last_pt_naming_it_and_what_is_beside_it(finished, tmp_path, how):
+def test_resume_refuses_a_damaged_last_pt_naming_it_and_what_is_beside_it(finished, tmp_path, capsys, how):
     run = copy_run(finished, tmp_path)
     (run / "summary.json").unlink()  # an unfinished run: resume must read last.pt
     damage(run / "last.pt", how)
     before = digest(run / "last.pt")
-    line = assert_one_line_error(feed_fast("train", "--resume", run))
+    args = ("train", "--resume", run)
+    line = assert_one_line_error(feed_fast(*args) if how == "truncated" else in_process(capsys, *args))
     assert line.startswith("feed-fast train: error: checkpoint") and str(run / "last.pt") in line
     assert PROBLEM[how] in line
     if how == "wrong model":
@@ -209,12 +222,13 @@ def test_a_damaged_teacher_checkpoint_is_refused_before_the_run_starts(finished,
     assert not (out / "config.yaml").exists()  # no run was started: the fixed command can run as it is
 
 
-def test_a_damaged_sfeed_generation_is_refused_and_its_last_pt_replaces_it(tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_damaged_sfeed_generation_is_refused_and_its_last_pt_replaces_it(tmp_path, capsys):
     config = tmp_path / "sfeed.yaml"
     config.write_text(yaml.safe_dump({**TINY, "method": {"name": "sfeed", "generations": 2, "backend": "torch"},
                                       "schedule": {"name": "cosine", "epochs": 1, "milestones": []}}))
     run = tmp_path / "run"
-    first = feed_fast("train", config, "--out", run)
+    first = in_process(capsys, "train", config, "--out", run)
     assert first.returncode == 0, first.stderr[-3000:]
     for name in ("summary.json", "gen2"):  # gen1 finished, gen2 to train again
         shutil.rmtree(run / name) if name == "gen2" else (run / name).unlink()
@@ -225,13 +239,14 @@ def test_a_damaged_sfeed_generation_is_refused_and_its_last_pt_replaces_it(tmp_p
     assert "the generation's final last.pt holds the same student: copy it over student.pt" in line
 
     shutil.copy(run / "gen1" / "last.pt", run / "gen1" / "student.pt")  # as advised
-    proc = feed_fast("train", "--resume", run)
+    proc = in_process(capsys, "train", "--resume", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert epochs_in(run / "gen2") == [0] and (run / "gen2" / "student.pt").exists()
 
 
 # --- 3. an --out folder that holds a run ------------------------------------------------------------------------
-def test_out_on_a_folder_holding_a_run_is_refused_until_overwrite(finished, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_out_on_a_folder_holding_a_run_is_refused_until_overwrite(finished, tmp_path, capsys):
     config, _ = finished
     run = copy_run(finished, tmp_path)
     (run / "notes.txt").write_text("mine")
@@ -241,7 +256,7 @@ def test_out_on_a_folder_holding_a_run_is_refused_until_overwrite(finished, tmp_
     assert f"continue it with `feed-fast train --resume {run}`, or start over with --overwrite" in line
     assert {name: digest(run / name) for name in before} == before
 
-    proc = feed_fast("train", config, "--out", run, "--overwrite", "--set", "schedule.epochs=1")
+    proc = in_process(capsys, "train", config, "--out", run, "--overwrite", "--set", "schedule.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert epochs_in(run) == [0] and checkpoint(run / "last.pt")["epoch"] == 1
     assert not (run / "last.prev.pt").exists()  # the old run's files went; the new one has written one last.pt
@@ -263,7 +278,8 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_work(finishe
                                        f"{blocker} is a file, not a folder\n")
 
 
-def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room(finished, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room(finished, tmp_path, capsys):
     _, done = finished
     run = tmp_path / "run"
     run.mkdir()
@@ -281,17 +297,18 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room
         assert epochs_in(run) == [0, 1]  # ...and the metrics still match it
         assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
 
-    proc = feed_fast("train", "--resume", run)  # space is back
+    proc = in_process(capsys, "train", "--resume", run)  # space is back
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert epochs_in(run) == [0, 1, 2]
     assert_same_student(run / "student.pt", done / "student.pt")
 
 
 # --- 6. a finished run moved elsewhere --------------------------------------------------------------------------
-def test_resuming_a_moved_finished_run_reports_its_new_folder_without_nesting(finished, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_resuming_a_moved_finished_run_reports_its_new_folder_without_nesting(finished, tmp_path, capsys):
     moved = copy_run(finished, tmp_path, "moved")
-    for _ in range(2):
-        proc = feed_fast("train", "--resume", moved)
+    for attempt in range(2):
+        proc = feed_fast("train", "--resume", moved) if attempt == 0 else in_process(capsys, "train", "--resume", moved)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.strip().endswith(f"export {moved / 'student.pt'}")
     summary = json.loads((moved / "summary.json").read_text())
