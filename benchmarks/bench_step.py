@@ -112,10 +112,10 @@ class Graphed:
 
 def teachers_part(step: TrainStep) -> Callable:
     """(b): the pFEED step's own teacher runner (compiled inference calls in the step mode), waited for."""
-    precision = step.runtime.precision
+    precision, compiled = step.runtime.precision, step.mode == "step"
 
     def run(images, capturing=False):
-        with precision.autocast(cache_enabled=not capturing):
+        with precision.autocast(cache_enabled=not compiled):  # as the compiled step runs them
             step.teachers.launch(images).wait()
 
     return run
@@ -135,10 +135,9 @@ def translators_part(step: TrainStep, compiled: bool) -> Callable:
         loss = torch.compile(loss, fullgraph=True)
 
     def run(student_feature, *teacher_maps, capturing=False):
-        if not capturing:
-            for p in (*params, student_feature):
-                p.grad = None
-        with precision.autocast(cache_enabled=not capturing):
+        for p in (*params, student_feature):  # (in a capture too: the captured backward then writes, not adds)
+            p.grad = None
+        with precision.autocast(cache_enabled=not compiled):  # as the compiled step runs them
             total = loss(student_feature, list(teacher_maps))
         total.backward()
 

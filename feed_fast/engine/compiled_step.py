@@ -112,7 +112,9 @@ class CompiledStep:
     def run(self, images: Tensor, labels: Tensor, *, capturing: bool = False) -> tuple[tuple[str, ...], Tensor]:
         """One step through the compiled units, nothing read on the host: (loss names, loss vector)."""
         step = self.step
-        with step.runtime.precision.autocast(cache_enabled=not capturing):
+        # autocast's cast cache off in every step, captured or not: Dynamo guards on the flag (a change would
+        # recompile inside the capture), and a graph must not keep casts cached across replays
+        with step.runtime.precision.autocast(cache_enabled=False):
             pending = step.teachers.launch(images)
             feature, logits, early = self.front(images)
             outputs = pending.wait() if pending is not None else TeacherOutputs(None, None)
@@ -138,15 +140,15 @@ class CudaGraphReplay:
 
     def __init__(self, run, optimizer: torch.optim.Optimizer, warmup: int = CUDA_WARMUP_STEPS) -> None:
         self.run, self.optimizer, self.warmup, self.done = run, optimizer, warmup, 0
-        self.graph = self.static_in = self.static_out = None
+        self.graph = self.static_in = self.static_out = self.side = None
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[str, ...], Tensor]:
         if self.graph is None and self.done < self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self.side = self.side or torch.cuda.Stream()
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
                 names, vector = self.run(images, labels)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.side)
             self.done += 1
             return names, vector
         if self.graph is None:
@@ -167,5 +169,6 @@ class CudaGraphReplay:
         self.static_in = (images.clone(memory_format=torch.preserve_format), labels.clone())
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's pool
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: a loader's worker thread touching CUDA meanwhile does not invalidate the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_out = self.run(*self.static_in, capturing=True)

@@ -127,8 +127,9 @@ class TeacherRunner:
         if self.streams:
             main = torch.cuda.current_stream()
             timed, capturing = timer is not None, torch.cuda.is_current_stream_capturing()
-            start = torch.cuda.Event(enable_timing=timed)
-            start.record(main)
+            if timed:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record(main)
             for call, stream in zip(self.calls, self.streams):
                 stream.wait_stream(main)  # images are produced on the main stream
                 with torch.cuda.stream(stream):
@@ -141,7 +142,7 @@ class TeacherRunner:
                 features.append(feature)
                 logits.append(logit)
                 events.append(event)
-            if timer is not None:
+            if timed:
                 timer.add_span(TEACHERS, start, events)
         else:
             host_start = time.perf_counter()
