@@ -198,3 +198,16 @@ def test_command_reports_a_bad_model_and_exits_2(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     code = main(["demo", "--set", "method.beta=5", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c")])
     assert code == 2 and "method.beta is set per row" in capsys.readouterr().err
+
+
+def test_the_readme_demo_commands_parse():
+    """Every `feed-fast demo` line in README's demo section is a valid command line with valid settings."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## The demo"):readme.index("\n## ", readme.index("## The demo") + 1)]
+    commands = [line.split("#")[0].strip() for line in section.splitlines() if line.startswith("feed-fast demo")]
+    assert len(commands) >= 5
+    for command in commands:
+        settings_from_args(build_parser().parse_args(shlex.split(command)[1:]))
