@@ -232,7 +232,7 @@ def ratio(numerator, denominator):
 def floor_ratios(parts: dict) -> dict:
     """c / (a + b + d) for each figure the four parts share."""
     out = {}
-    for key, label in (("ms", "time"), ("dispatched_ops", "dispatched_ops"), ("host_cpu_ms", "host_cpu"),
+    for key, label in (("median_ms", "time"), ("dispatched_ops", "dispatched_ops"), ("host_cpu_ms", "host_cpu"),
                        ("cuda_launches", "cuda_launches")):
         if all(key in parts[p] for p in PARTS):
             floor = sum(parts[p][key] for p in ("student_step", "teachers_forward", "translators"))
@@ -309,10 +309,12 @@ def main(argv=None) -> int:
             results.get("step", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec"),
             results.get("eager", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec")),
         "before_issue_11": before_issue_11(name, preset, args, device),
-        "notes": ("ms: wall time per call (synchronized on a GPU); dispatched_ops and host_cpu_ms: torch.profiler "
-                  "over profile_steps calls (host_cpu_ms includes the profiler's own cost); floor: pfeed_step / "
-                  "(student_step + teachers_forward + translators); on a GPU the teachers overlap the student, so "
-                  "the time ratio can fall below 1"),
+        "notes": ("ms: mean wall time per call (synchronized on a GPU), median_ms/p20_ms/p80_ms its spread; "
+                  "dispatched_ops and host_cpu_ms: torch.profiler over profile_steps calls (host_cpu_ms includes "
+                  "the profiler's own cost); floor: pfeed_step / (student_step + teachers_forward + translators), "
+                  "time from the medians; pfeed_step also updates the translators' parameters, which no part "
+                  "does (same launches with foreach/fused SGD, a little more work); on a GPU the teachers overlap "
+                  "the student, so the time ratio can fall below 1"),
     }
     out = args.out
     if out is None:
