@@ -211,3 +211,15 @@ def test_the_readme_demo_commands_parse():
     assert len(commands) >= 5
     for command in commands:
         settings_from_args(build_parser().parse_args(shlex.split(command)[1:]))
+
+
+def test_a_folder_holding_a_demo_run_is_refused_before_any_work(tmp_path, capsys):
+    from feed_fast.cli import main
+
+    run = tmp_path / "run"
+    (run / "teachers").mkdir(parents=True)
+    code = main(["demo", "--out", str(run), "--cache", str(tmp_path / "c")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "already holds a demo run (teachers)" in err and "another --out" in err
+    assert not (tmp_path / "c").exists()  # nothing was built

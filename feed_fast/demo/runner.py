@@ -144,6 +144,18 @@ def run_demo(settings: DemoSettings, *, write: Callable[[str], None] = _print) -
         torch.set_num_threads(threads)
 
 
+DEMO_OUTPUTS = ("teachers", "students", REPORT_FILE, RESULTS_FILE)
+
+
+def refuse_a_used_folder(run_dir: Path) -> None:
+    """The engine refuses to train over a run; the demo says so before any work instead of failing at its first
+    teacher, and names the way out (the default folder is new for every demo)."""
+    used = [name for name in DEMO_OUTPUTS if (run_dir / name).exists()]
+    if used:
+        raise ValueError(f"--out {str(run_dir)!r} already holds a demo run ({', '.join(used)}): give another --out, "
+                         "or delete that folder to run the demo again there")
+
+
 def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     from ..engine import train
 
@@ -151,6 +163,7 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     check_configs(settings)
     plan = student_plan(settings)
     run_dir = settings.run_folder()
+    refuse_a_used_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = StageProgress(1 + settings.num_teachers + 1 + len(plan) * settings.seeds, write)
 
