@@ -6,6 +6,7 @@ from .load import bundled_config, load_config
 from .parse import ConfigError, apply_overrides
 from .schema import (
     DataConfig,
+    EMAConfig,
     KDConfig,
     MethodConfig,
     ModelConfig,
@@ -17,6 +18,6 @@ from .schema import (
     TranslatorConfig,
 )
 
-__all__ = ["ConfigError", "DataConfig", "KDConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig",
+__all__ = ["ConfigError", "DataConfig", "EMAConfig", "KDConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "ScheduleConfig", "TeacherConfig", "TrainConfig", "TranslatorConfig", "apply_overrides",
            "bundled_config", "load_config"]

@@ -44,6 +44,17 @@ class Above:
         return f"> {self.bound}"
 
 
+@dataclass(frozen=True)
+class Below:
+    bound: float
+
+    def holds(self, value) -> bool:
+        return value < self.bound
+
+    def __str__(self) -> str:
+        return f"< {self.bound}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.05), got {text!r}")

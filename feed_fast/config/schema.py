@@ -14,12 +14,13 @@ from ..loaders.build import DATASETS, dali_available
 from ..methods import METHODS
 from ..runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ..validation import BACKENDS as LOSS_BACKENDS
-from .parse import Above, AtLeast, ConfigError, apply_overrides, from_mapping
+from .parse import Above, AtLeast, Below, ConfigError, apply_overrides, from_mapping
 
 PositiveInt = Annotated[int, AtLeast(1)]
 NonNegativeInt = Annotated[int, AtLeast(0)]
 PositiveFloat = Annotated[float, Above(0)]
 NonNegativeFloat = Annotated[float, AtLeast(0)]
+Fraction = Annotated[float, AtLeast(0), Below(1)]  # [0, 1)
 MethodName = Literal[tuple(METHODS)]
 LossBackend = Literal[LOSS_BACKENDS]  # auto: fused on CUDA
 Dataset = Literal[DATASETS]
@@ -104,6 +105,16 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EMAConfig:
+    """An exponential moving average of the student's weights and buffers (feed_fast/engine/ema.py), evaluated
+    each epoch beside the raw student and exported as student_ema.pt."""
+    enabled: bool = False
+    decay: Fraction = 0.9999  # per update: ema = decay * ema + (1 - decay) * student
+    every: PositiveInt = 1  # optimizer steps between updates (torchvision's model_ema_steps)
+    warmup_steps: NonNegativeInt = 0  # updates within the first warmup_steps optimizer steps copy the student
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     seed: int = 0
     device: DeviceName = "auto"
@@ -114,9 +125,15 @@ class TrainConfig:
     compile: bool | Literal["step"] = False
     deterministic: bool = False
     log_every: PositiveInt = 50  # steps between TensorBoard scalars and progress lines
-    max_steps_per_epoch: PositiveInt | None = None  # cap (smoke runs, benchmarks)
+    max_steps_per_epoch: PositiveInt | None = None  # cap on optimizer steps (smoke runs, benchmarks)
     eval_every: PositiveInt = 1  # epochs
     progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a TTY, plain lines otherwise
+    # recipe switches (README "Training"): every method's CE term (validation loss stays plain CE)
+    label_smoothing: Fraction = 0.0
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    # micro-batches of data.batch_size per optimizer step; steps, schedule, log_every and max_steps_per_epoch
+    # count optimizer steps
+    accumulate: PositiveInt = 1
 
 
 @dataclass(frozen=True, kw_only=True)

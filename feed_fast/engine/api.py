@@ -17,7 +17,7 @@ from ..config import ConfigError, RunConfig
 from ..methods import build_method
 from ..runtime import open_runtime
 from ..runtime.distributed import barrier, launched_rank
-from .checkpoint import CHECKPOINT_NAMES, EXPORT, LAST, CheckpointError, load_exported_student
+from .checkpoint import CHECKPOINT_NAMES, EMA_EXPORT, EXPORT, LAST, CheckpointError, load_exported_student
 from .data import build_loaders
 from .run_log import METRICS_FILE, TENSORBOARD_DIR
 from .teachers import load_teachers
@@ -38,7 +38,8 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
     written), as a signal would: for time-limited jobs.
 
     Returns {history, best_top1, final_top1, student_params, images_per_sec, step_breakdown_ms, interrupted,
-    export, run_dir, generations: [the same per generation]}. Top-level entries are the last generation's."""
+    export, final_top1_ema, export_ema (None without train.ema), run_dir, generations: [the same per
+    generation]}. Top-level entries are the last generation's."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     run_dir = Path(out_dir)
     if launched_rank() == 0:  # rank 0 writes the folder; if it refuses, torchrun stops the other ranks
@@ -141,6 +142,8 @@ def finished_generation(stage_dir: Path) -> dict | None:
         return None
     summary.pop("generations", None)  # a one-generation run's summary.json is also the run's: keep the stage part
     summary.update(run_dir=str(stage_dir), export=str(stage_dir / EXPORT))
+    if summary.get("export_ema"):
+        summary["export_ema"] = str(stage_dir / EMA_EXPORT)
     return summary
 
 

@@ -1,8 +1,9 @@
 """The files of a run folder that hold weights, and reading them back safely.
 
-A run writes last.pt (everything training needs to continue), last.prev.pt (the last.pt before it, so a damaged
-newest copy is never the only one), best.pt (last.pt's content at the best validation epoch) and student.pt
-(the deployable student alone). Writes go through `feed_fast.atomic_files`.
+A run writes last.pt (everything training needs to continue, the EMA of `train.ema` included), last.prev.pt
+(the last.pt before it, so a damaged newest copy is never the only one), best.pt (last.pt's content at the raw
+student's best validation epoch), student.pt (the deployable student alone) and, with `train.ema`,
+student_ema.pt (the averaged student, the same format). Writes go through `feed_fast.atomic_files`.
 
 Reading: every checkpoint is loaded with `weights_only=True` (tensors, numbers and plain containers only). A file
 that cannot be used (missing, empty, truncated, not a checkpoint, the wrong model) raises `CheckpointError`: one
@@ -23,7 +24,8 @@ from torch import nn
 from ..models import build_model
 
 LAST, LAST_PREVIOUS, BEST, EXPORT = "last.pt", "last.prev.pt", "best.pt", "student.pt"
-CHECKPOINT_NAMES = (LAST, LAST_PREVIOUS, BEST, EXPORT)
+EMA_EXPORT = "student_ema.pt"  # train.ema: the averaged student, in the export's format (loads like student.pt)
+CHECKPOINT_NAMES = (LAST, LAST_PREVIOUS, BEST, EXPORT, EMA_EXPORT)
 EXPORT_FORMAT = "feed-fast-student-v1"
 TRAINING_KEYS = ("student", "extras", "optimizer", "scheduler", "scaler", "epoch", "next_batch", "epoch_sums",
                  "best_top1", "history", "rng_cpu")

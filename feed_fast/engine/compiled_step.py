@@ -24,6 +24,14 @@ What a graph cannot hold is kept out of the step: the lr is a device tensor per 
 from the scheduler's Python float before each step (checkpoints and the scheduler keep the float); batches are
 copied into static input buffers, so shapes are fixed (the training loader drops its last short batch); fp16's
 GradScaler (reads the overflow flag on the host) and DDP are refused by `check_step_mode`.
+
+`train.accumulate` = N > 1: each micro-batch runs the compiled units 2 and 3 (its loss scaled by 1/N inside
+unit 3) and its backward, gradients summed in `.grad`; the update (unit 4) runs after the N-th. The units are
+not captured as a CUDA graph then: one graph would have to hold N forwards and backwards (N static input
+buffers, the first backward writing the gradients and the others adding), a capture no GPU here has verified;
+accumulation is for memory-bound ImageNet steps, where the step is compute-bound and a graph gains little.
+`train.ema`'s update runs after the update, outside the compiled units and the graph (one `_foreach_lerp_`,
+no host sync).
 """
 from __future__ import annotations
 
@@ -97,20 +105,27 @@ class CompiledStep:
         self.device = step.runtime.device
         self.front = torch.compile(distiller.run_student, fullgraph=True)
 
+        accumulate = step.accumulate
+
         def losses(feature, logits, labels, teacher_features, teacher_logits, early):
             teachers = TeacherOutputs(teacher_features, teacher_logits) if step.teachers.teachers else None
             named = distiller.losses(feature, logits, labels, teachers, **early)
             total, vector = stack_losses(named)
+            if accumulate > 1:  # the mean over the optimizer step's micro-batches, as the eager step scales it
+                total = total / accumulate
             return total, vector, tuple(named)
 
         self.back = torch.compile(losses, fullgraph=True)
         create_momentum_buffers(step.optimizer)
         self.update = optimizer_update(step.optimizer)
         self.lr = StaticLR(step.optimizer, self.device)
-        self.graph = CudaGraphReplay(self.run, step.optimizer) if self.device.type == "cuda" else None
+        replay = self.device.type == "cuda" and step.accumulate == 1
+        self.graph = CudaGraphReplay(self.run, step.optimizer) if replay else None
 
-    def run(self, images: Tensor, labels: Tensor, *, capturing: bool = False) -> tuple[tuple[str, ...], Tensor]:
-        """One step through the compiled units, nothing read on the host: (loss names, loss vector)."""
+    def run(self, images: Tensor, labels: Tensor, *, first: bool = True, last: bool = True,
+            capturing: bool = False) -> tuple[tuple[str, ...], Tensor]:
+        """One micro-batch through the compiled units (a whole step when it is both the `first` and the `last` of
+        its optimizer step), nothing read on the host: (loss names, loss vector)."""
         step = self.step
         # autocast's cast cache off in every step, captured or not: Dynamo guards on the flag (a change would
         # recompile inside the capture), and a graph must not keep casts cached across replays
@@ -119,18 +134,22 @@ class CompiledStep:
             feature, logits, early = self.front(images)
             outputs = pending.wait() if pending is not None else TeacherOutputs(None, None)
             total, vector, names = self.back(feature, logits, labels, outputs.features, outputs.logits, early)
-        if not capturing:  # a captured step's gradients live in the graph's memory: never set to None there
+        if first and not capturing:  # a captured step's gradients live in the graph's memory: never None there
             step.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        with self.lr.swapped_in():
-            self.update()
+        if last:
+            with self.lr.swapped_in():
+                self.update()
         return names, vector.detach()
 
-    def __call__(self, images: Tensor, labels: Tensor) -> tuple[tuple[str, ...], Tensor]:
-        self.lr.fill()
-        if self.graph is not None:
+    def __call__(self, images: Tensor, labels: Tensor, *, first: bool = True,
+                 last: bool = True) -> tuple[tuple[str, ...], Tensor]:
+        if self.graph is not None:  # train.accumulate == 1: every call is a whole step
+            self.lr.fill()
             return self.graph(images, labels)
-        return self.run(images, labels)
+        if last:
+            self.lr.fill()
+        return self.run(images, labels, first=first, last=last)
 
 
 class CudaGraphReplay:

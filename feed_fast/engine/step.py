@@ -5,9 +5,15 @@ student -> the translator bodies (while the teachers still run) -> wait for the 
 
 Three ways to run it, chosen by `train.compile` (see `step_mode`): eager; `true`, the student's and teachers'
 forwards through `torch.compile` (the switch's meaning before `step` existed); `step`, the whole step as
-compiled units without graph breaks, replayed as one CUDA graph on a GPU (compiled_step.py)."""
+compiled units without graph breaks, replayed as one CUDA graph on a GPU (compiled_step.py).
+
+The recipe switches act here: `train.label_smoothing` is handed to the Distiller (every method's CE term);
+`train.accumulate` = N makes a call one micro-batch, N of them one optimizer step (each micro-batch's loss scaled
+by 1/N, gradients summed; under DDP synchronised on the N-th only, via `no_sync`); `train.ema` updates the
+student's moving average right after each optimizer step (ema.py)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +27,7 @@ from ..methods import Distiller, Method
 from ..models import build_model
 from ..runtime import Runtime
 from ..runtime.timing import BACKWARD, COMPILED_STEP, DATA_WAIT, OPTIMIZER, StepTimer
+from .ema import StudentEMA
 from .optim import build_optimizer, build_scheduler
 from .optimizer_state import accept_pre_grouping_state
 from .teachers import TeacherRunner, check_feature_shapes
@@ -65,11 +72,16 @@ class NamedLosses(dict):
 
 class TrainStep:
     def __init__(self, *, student: nn.Module, distiller: Distiller, teachers: TeacherRunner,
-                 optimizer: torch.optim.Optimizer, scheduler, runtime: Runtime, mode: str = "eager") -> None:
+                 optimizer: torch.optim.Optimizer, scheduler, runtime: Runtime, mode: str = "eager",
+                 accumulate: int = 1, ema: StudentEMA | None = None) -> None:
         if mode not in STEP_MODES:
             raise ValueError(f"mode must be one of {STEP_MODES}, got {mode!r}")
+        if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+            raise ValueError(f"accumulate must be an int >= 1 (train.accumulate), got {accumulate!r}")
         self.student, self.distiller, self.teachers = student, distiller, teachers
         self.optimizer, self.scheduler, self.runtime, self.mode = optimizer, scheduler, runtime, mode
+        self.accumulate, self.ema = accumulate, ema
+        self.micro = 0  # micro-batches of the current optimizer step done so far (0 between optimizer steps)
         self.scaler = runtime.precision.grad_scaler()
         self.timer = StepTimer(runtime.device)
         self.module = distiller  # what the step calls: DDP's wrapper under torchrun, for its gradient sync
@@ -90,6 +102,7 @@ class TrainStep:
         Distiller around it, the frozen teachers, the optimizer and the per-iteration lr schedule."""
         device, memory_format = runtime.device, runtime.memory_format
         mode = step_mode(cfg.train.compile)
+        # `steps_per_epoch` counts optimizer steps (with train.accumulate, each is N micro-batches)
         if mode == "step":
             check_step_mode(cfg, runtime)
         torch.manual_seed(seed)
@@ -98,6 +111,7 @@ class TrainStep:
         except TypeError as err:  # a keyword the model does not take
             raise ConfigError(f"model.kwargs: {err}") from None
         student.to(device, memory_format=memory_format)
+        ema = StudentEMA(student, cfg.train.ema) if cfg.train.ema.enabled else None  # copied before any compile
         teachers = [teacher.to(device, memory_format=memory_format) for teacher in teachers]
         teacher_channels, pool_to = [], None
         if teachers:
@@ -105,6 +119,7 @@ class TrainStep:
                                                                 cfg.method.feature_pool)
             pool_to = student_hw if cfg.method.feature_pool == "adaptive" else None
         distiller = method.build(student, teacher_channels).to(device, memory_format=memory_format)
+        distiller.label_smoothing = cfg.train.label_smoothing  # the one place every method's CE gets it from
         runner = TeacherRunner(teachers, device, need_features=distiller.needs_teacher_features,
                                need_logits=distiller.needs_teacher_logits, pool_to=pool_to,
                                compiled=mode == "step")
@@ -118,7 +133,7 @@ class TrainStep:
                               f"optim.apex gave {type(optimizer).__name__}: set optim.apex=false")
         scheduler = build_scheduler(optimizer, steps_per_epoch, cfg.schedule, cfg.optim.lr)
         return cls(student=student, distiller=distiller, teachers=runner, optimizer=optimizer, scheduler=scheduler,
-                   runtime=runtime, mode=mode)
+                   runtime=runtime, mode=mode, accumulate=cfg.train.accumulate, ema=ema)
 
     def timed(self, batches: Iterable[Batch], limit: int | None = None) -> Iterator[Batch]:
         """The first `limit` batches (all when None), the wait for each recorded as the data_wait section."""
@@ -131,26 +146,56 @@ class TrainStep:
             self.timer.add_ms(DATA_WAIT, (time.perf_counter() - start) * 1e3)
             yield batch
 
+    @property
+    def at_boundary(self) -> bool:
+        """True between optimizer steps (no micro-batch of the next one taken yet): where checkpoints and stops
+        may happen with `train.accumulate` > 1."""
+        return self.micro == 0
+
     def __call__(self, images: Tensor, labels: Tensor) -> NamedLosses:
-        """One step; returns the named losses (0-d tensors, not synced)."""
+        """One micro-batch (one batch when train.accumulate is 1); the N-th of an optimizer step ends with the
+        update. Returns its named losses (unscaled, 0-d tensors, not synced)."""
+        first, last = self.micro == 0, self.micro + 1 == self.accumulate
         if self.compiled is not None:
             with self.timer(COMPILED_STEP):
-                names, vector = self.compiled(images, labels)
+                names, vector = self.compiled(images, labels, first=first, last=last)
+                if last and self.ema is not None:
+                    self.ema.after_optimizer_step()
+            losses = NamedLosses(names, vector)
+        else:
+            losses = self.eager(images, labels, first=first, last=last)
+        self.micro = 0 if last else self.micro + 1
+        if last:
             self.advance_schedule()
-            return NamedLosses(names, vector)
+        return losses
+
+    def eager(self, images: Tensor, labels: Tensor, *, first: bool, last: bool) -> NamedLosses:
         timer, precision = self.timer, self.runtime.precision
-        with precision.autocast():
-            pending = self.teachers.launch(images, timer)
-            _, losses = self.module(images, labels, pending, timer)
-            total, vector = stack_losses(losses)  # the epoch sums read the vector
-        with timer(BACKWARD):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-        with timer(OPTIMIZER):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.advance_schedule()
+        with self.gradient_sync(last):
+            with precision.autocast():
+                pending = self.teachers.launch(images, timer)
+                _, losses = self.module(images, labels, pending, timer)
+                total, vector = stack_losses(losses)  # the epoch sums read the vector
+            with timer(BACKWARD):
+                if first:
+                    self.optimizer.zero_grad(set_to_none=True)
+                if self.accumulate > 1:  # the mean over the optimizer step's N micro-batches
+                    total = total / self.accumulate
+                self.scaler.scale(total).backward()
+        if last:
+            with timer(OPTIMIZER):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.after_optimizer_step()
         return NamedLosses(list(losses), vector.detach())
+
+    def gradient_sync(self, last: bool):
+        """DDP all-reduces gradients in the backward of the optimizer step's last micro-batch only: the earlier
+        ones run (forward and backward) under `no_sync`, their gradients summed locally."""
+        if last or not isinstance(self.module, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.module.no_sync()
 
     def advance_schedule(self) -> None:
         """After the update: remember the lr it used, move the per-iteration schedule on, count the step."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 from ..runtime.timing import LOSS, STUDENT_FORWARD, SectionTimer, no_timer
+from .losses import cross_entropy
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Distiller(nn.Module):
     needs_teacher_features = False
     needs_teacher_logits = False
     needs_student_feature = False
+    # `train.label_smoothing`, set by the engine after `Method.build` (TrainStep.from_config); every method's CE
+    # term goes through `cross_entropy` below, so no method reads the config for it
+    label_smoothing = 0.0
 
     def __init__(self, student: nn.Module) -> None:
         super().__init__()
@@ -66,6 +70,10 @@ class Distiller(nn.Module):
     def losses(self, student_feature: Tensor | None, logits: Tensor, labels: Tensor,
                teachers: TeacherOutputs | None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The method's CE term against the labels (float32, batch mean), with the run's label smoothing."""
+        return cross_entropy(logits, labels, self.label_smoothing)
 
     def trainable_extras(self) -> list[nn.Parameter]:
         """Parameters trained with the student but dropped at export (translators)."""

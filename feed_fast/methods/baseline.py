@@ -1,14 +1,12 @@
 """Cross-entropy only: the student trained alone, the reference every other method is compared to."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import Distiller, Method
 
 
 class Baseline(Distiller):
     def losses(self, student_feature, logits, labels, teachers):
-        return {"ce": F.cross_entropy(logits.float(), labels)}
+        return {"ce": self.cross_entropy(logits, labels)}
 
 
 class BaselineMethod(Method):

@@ -1,8 +1,6 @@
 """Hinton KD against the mean of the teachers' softened logits, plus cross-entropy."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import Distiller, Method
 from .losses import hinton_kd
 
@@ -16,7 +14,7 @@ class KD(Distiller):
 
     def losses(self, student_feature, logits, labels, teachers):
         return {
-            "ce": self.ce_weight * F.cross_entropy(logits.float(), labels),
+            "ce": self.ce_weight * self.cross_entropy(logits, labels),
             "kd": self.weight * hinton_kd(logits, teachers.logits, self.temperature),
         }
 

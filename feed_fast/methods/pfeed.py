@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-import torch.nn.functional as F
-
 from ..loss import FEEDLoss
 from .base import Distiller, Method
 from .losses import hinton_kd
@@ -31,7 +29,7 @@ class PFEED(Distiller):
 
     def losses(self, student_feature, logits, labels, teachers, head_inputs=None):
         feed = self.feed(student_feature, teachers.features, head_inputs=head_inputs)
-        losses = {"ce": F.cross_entropy(logits.float(), labels)}
+        losses = {"ce": self.cross_entropy(logits, labels)}
         # one entry per teacher, so metrics.jsonl shows each FEED term (views of one vector: no kernel each)
         for k, term in enumerate(feed.per_teacher.unbind(0)):
             losses[f"feed_{k}"] = term
