@@ -1,0 +1,67 @@
+"""Shared by the tests of the recipe switches (tests/test_recipe_*.py): a tiny pFEED/KD/baseline run config on
+the synthetic loader (10 training batches per epoch), a teacher export, a TrainStep assembled as the trainer
+does, and exact comparisons of checkpoints."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from feed_fast.config import RunConfig
+from feed_fast.engine.checkpoint import student_export
+from feed_fast.engine.step import TrainStep
+from feed_fast.methods import build_method
+from feed_fast.models import build_model
+from feed_fast.runtime import open_runtime
+
+TINY = {"widths": [4, 8, 16]}
+CLASSES = 5
+
+
+def save_teacher(path, seed: int = 7) -> str:
+    torch.manual_seed(seed)
+    torch.save(student_export("resnet8", CLASSES, TINY, build_model("resnet8", CLASSES, **TINY)), path)
+    return str(path)
+
+
+def run_config(method: str = "pfeed", teachers=(), *, epochs: int = 2, batch_size: int = 8, device: str = "cpu",
+               **train) -> dict:
+    """A nested config dict; `train` entries go to the train section (e.g. accumulate=2, ema={...})."""
+    return {
+        "model": {"name": "resnet8", "kwargs": TINY},
+        "teachers": [{"name": "resnet8", "checkpoint": str(path), "kwargs": TINY} for path in teachers],
+        "method": {"name": method, "backend": "torch"},
+        "data": {"dataset": "synthetic", "root": "", "num_classes": CLASSES, "batch_size": batch_size,
+                 "eval_batch_size": 16, "image_size": 16},
+        "schedule": {"name": "cosine", "epochs": epochs, "milestones": []},  # the lr moves every step
+        "optim": {"lr": 0.05},
+        "train": {"device": device, "precision": "fp32", "progress": "none", "log_every": 4, **train},
+    }
+
+
+def build_step(raw: dict, stack, *, teachers: int = 1, steps_per_epoch: int = 6) -> TrainStep:
+    """A TrainStep as the trainer assembles it, teachers randomly initialised from a fixed seed."""
+    raw = copy.deepcopy(raw)
+    raw["teachers"] = [{"name": "resnet8", "checkpoint": "<random init>", "kwargs": TINY}] * teachers
+    cfg = RunConfig.from_dict(raw, check_paths=False)
+    runtime = stack.enter_context(open_runtime(cfg.train, handle_signals=False))
+    torch.manual_seed(7)
+    models = [build_model(t.name, CLASSES, **t.kwargs) for t in cfg.teachers]
+    return TrainStep.from_config(cfg, runtime, build_method(cfg.method), models, num_classes=CLASSES, image_size=16,
+                                 steps_per_epoch=steps_per_epoch, seed=0)
+
+
+def training_batches(n: int, batch: int, seed: int = 0, device: str = "cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 16, 16, generator=g).to(device), torch.randint(CLASSES, (batch,), generator=g).to(device))
+            for _ in range(n)]
+
+
+def assert_same_tensors(a: dict, b: dict, what: str = "") -> None:
+    assert a.keys() == b.keys(), what
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), f"{what} {key}"
+
+
+def load(path) -> dict:
+    return torch.load(path, weights_only=True)
