@@ -148,6 +148,7 @@ class DaliImageFolderLoader(FolderLoader):
             in_flight: deque = deque()  # batches handed to DALI and not yet served
             seed = sampling.batch_seed(self.seed, epoch, pending[0][0], self.shard_id) & 0x7FFF_FFFF
             pipe = self._pipeline(self._batch_source(tuple(pending), in_flight), seed)
+            failure = None
             try:
                 while pending:
                     images, labels = pipe.run()
@@ -155,14 +156,18 @@ class DaliImageFolderLoader(FolderLoader):
                     pending.popleft()
                     yield self._to_torch(images, labels)
             except RuntimeError as error:  # DALI reports a failed decode as RuntimeError
-                self._handle_failure(error, in_flight)
-                # The loop rebuilds the pass from the first batch not served, now without the broken files.
+                failure = error
             finally:
-                del pipe
+                del pipe  # the failed pipeline and its threads go before the broken files are looked for
+            if failure is not None:
+                self._handle_failure(failure, in_flight)
+                # The loop rebuilds the pass from the first batch not served, now without the broken files.
 
     def _handle_failure(self, error: RuntimeError, in_flight) -> None:
         suspects = [self.index.paths[i] for _, indices in in_flight for i in indices]
-        unreadable = find_unreadable(suspects, workers=max(1, self.num_threads))
+        # A few batches of files: checked in this thread. Starting threads here, next to a failed DALI
+        # pipeline, was seen to hang in Thread.start once in a full test run.
+        unreadable = find_unreadable(suspects, workers=1)
         if not unreadable:
             raise CorruptImageError(f"DALI failed on a batch holding these {len(suspects)} file(s), and Pillow "
                                     f"can read them all, so the failure is not a broken file: "
