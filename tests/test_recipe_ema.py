@@ -165,3 +165,21 @@ def test_an_ema_of_another_model_in_last_pt_is_refused_in_one_line(tmp_path):
     torch.save(last, tmp_path / "last.pt")
     with pytest.raises(ValueError, match=r"last.pt' does not fit this run's EMA student \(resnet8\): \d+ missing"):
         resume(tmp_path)
+
+
+def test_shipped_configs_carry_the_recipe_switches():
+    """ImageNet ResNet-18 configs: torchvision's recipe (label smoothing 0.1, an EMA); CIFAR ones: FT's (neither)."""
+    from pathlib import Path
+
+    from feed_fast.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    imagenet = sorted(root.glob("imagenet_resnet18*.yaml"))
+    assert len(imagenet) >= 3
+    for path in imagenet:
+        train_section = load_config(path, check_paths=False).train
+        assert train_section.label_smoothing == 0.1 and train_section.ema.enabled, path.name
+        assert train_section.accumulate == 1, path.name
+    for path in sorted(root.glob("cifar100_*.yaml")):
+        train_section = load_config(path, check_paths=False).train
+        assert train_section.label_smoothing == 0.0 and not train_section.ema.enabled, path.name
