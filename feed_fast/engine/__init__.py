@@ -4,8 +4,7 @@ precision and process group come from `feed_fast.runtime`; the methods from `fee
 
 A run folder holds config.yaml (the resolved config), metrics.jsonl (one line per epoch), tensorboard/,
 last.pt, best.pt, student.pt (the student alone), student_ema.pt (its moving average, with train.ema) and
-summary.json; sFEED writes one such folder per
-generation (gen1/, gen2/, ...) and a summary.json on top. The README's training section describes them."""
+summary.json; sFEED writes one such folder per generation (gen1/, gen2/, ...) and a summary.json on top. The README's training section describes them."""
 from ..config import ConfigError, RunConfig, load_config
 from .api import load_student, resume, train
 from .evaluate import evaluate
