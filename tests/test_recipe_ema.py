@@ -16,6 +16,7 @@ from _recipe import CLASSES, TINY, assert_same_tensors, load, run_config, save_t
 from feed_fast.cli import main
 from feed_fast.config import ConfigError, EMAConfig, RunConfig
 from feed_fast.engine import load_student, resume, train
+from feed_fast.engine.api import run_files_in
 from feed_fast.engine.ema import StudentEMA
 from feed_fast.engine.trainer import GenerationTrainer
 from feed_fast.models import build_model
@@ -86,7 +87,10 @@ def test_ema_is_evaluated_beside_the_student_exported_and_best_follows_the_stude
     assert all({"val", "val_ema"} <= set(r) for r in records)
     assert records[-1]["val_ema"] != records[-1]["val"]  # a real average, not the student
     best_epoch = max(range(3), key=lambda e: (records[e]["val"]["top1"], -e))
-    assert load(tmp_path / "best.pt")["epoch"] == best_epoch + 1  # best.pt: the raw student's best epoch
+    best = load(tmp_path / "best.pt")
+    assert best["epoch"] == best_epoch + 1  # best.pt: the raw student's best epoch, its EMA with it
+    assert best["ema"]["steps"] == (best_epoch + 1) * 10
+    assert "student_ema.pt" in run_files_in(tmp_path)  # a run's file: --overwrite removes it, a new run is refused
     assert summary["best_top1"] == records[best_epoch]["val"]["top1"]
 
     # student_ema.pt loads strictly into the plain model, and `feed-fast eval` reproduces val_ema
