@@ -198,7 +198,8 @@ class GenerationTrainer:
     def log_step(self, epoch: int, step: int, losses: dict) -> None:
         self.last_breakdown = self.step.timer.collect()
         scalars = {f"step_ms/{k}": v for k, v in self.last_breakdown.items()}
-        scalars.update({f"train/{k}": v.item() for k, v in losses.items()})
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device read
+        scalars.update({f"train/{k}": v for k, v in zip(losses, values)})
         scalars["train/lr"] = self.step.lr_used
         self.log.scalars(scalars, epoch * self.steps_per_epoch + step + 1)
 
