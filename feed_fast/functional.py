@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .backend_choice import resolve_backend
-from .head import autocast_dtype, gemm_dtype, matmul_allows_tf32
+from .head import autocast_dtype, gemm_dtypes, matmul_allows_tf32
 from .numerics import DEFAULT_EPS
 from .reference import feed_terms_reference
 from .validation import FEEDInputs, TensorOrList, check_options, validate_inputs
@@ -89,11 +89,8 @@ def feed_loss(
     device_type = inputs.teachers[0].device.type
     autocast = autocast_dtype(device_type)
     tf32 = matmul_allows_tf32()
-    gemm_dtypes = [
-        gemm_dtype(h.dtype, w.dtype, autocast) if w is not None else h.dtype
-        for h, w in zip(inputs.head_inputs, inputs.weights)
-    ]
-    chosen = resolve_backend(backend, inputs, gemm_dtypes, tf32, torch.backends.cudnn.allow_tf32)
+    dtypes = gemm_dtypes(inputs.head_inputs, inputs.weights, autocast)
+    chosen = resolve_backend(backend, inputs, dtypes, tf32, torch.backends.cudnn.allow_tf32)
     scales = row_scales(inputs, beta, reduction)
     if chosen == "torch":
         terms = feed_terms_reference(inputs, scales, eps=eps, negative_slope=negative_slope, autocast=autocast)

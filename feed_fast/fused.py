@@ -12,15 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .head import gemm_dtype
+from .head import gemm_dtypes
 from .kernels import feed_loss as kernels
 from .validation import FEEDInputs
-
-
-def _dot_dtypes(head_inputs, weights, autocast) -> tuple[torch.dtype, ...]:
-    """Each head's GEMM operand dtype (the policy is `head.gemm_dtype`); a teacher without a conv has no GEMM
-    and its dL/dz is written in its input's dtype."""
-    return tuple(h.dtype if w is None else gemm_dtype(h.dtype, w.dtype, autocast) for h, w in zip(head_inputs, weights))
 
 
 def _per_teacher(present: list[Tensor], has: list[bool]) -> list[Tensor | None]:
@@ -48,7 +42,7 @@ def feed_terms(
 ) -> tuple[Tensor, Tensor]:
     """-> (terms (K, B) fp32, stats (K, B, 3) fp32: the per-sample scalars the backward needs)."""
     weights, biases = _per_teacher(weights, has_weight), _per_teacher(biases, has_bias)
-    dots = _dot_dtypes(head_inputs, weights, autocast)
+    dots = gemm_dtypes(head_inputs, weights, autocast)
     return kernels.feed_forward(head_inputs, teachers, weights, biases, row_scales, dots, tf32, negative_slope, eps)
 
 
@@ -78,7 +72,7 @@ def feed_terms_backward(
     """-> the gradients of every head input, then of each present weight, then of each present bias, each in
     its tensor's dtype and memory format."""
     weights, biases = _per_teacher(weights, has_weight), _per_teacher(biases, has_bias)
-    dots = _dot_dtypes(head_inputs, weights, autocast)
+    dots = gemm_dtypes(head_inputs, weights, autocast)
     grad_h, grad_w, grad_b = kernels.feed_backward(
         grad_terms, stats, head_inputs, teachers, weights, biases, row_scales, dots, tf32, negative_slope, eps
     )

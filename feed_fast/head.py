@@ -33,6 +33,12 @@ def gemm_dtype(head_input_dtype: torch.dtype, weight_dtype: torch.dtype, autocas
     return torch.float64 if torch.float64 in (head_input_dtype, weight_dtype) else torch.float32
 
 
+def gemm_dtypes(head_inputs, weights, autocast: torch.dtype | None) -> tuple[torch.dtype, ...]:
+    """Each head's GEMM operand dtype (`gemm_dtype`); a teacher without a conv has no GEMM and keeps its head
+    input's dtype (the dtype its dL/dz is written in)."""
+    return tuple(h.dtype if w is None else gemm_dtype(h.dtype, w.dtype, autocast) for h, w in zip(head_inputs, weights))
+
+
 def matmul_allows_tf32() -> bool:
     """torch.backends.cuda.matmul.allow_tf32, or its newer spelling `fp32_precision == "tf32"` (torch refuses
     the legacy read once a program has set the new flag)."""

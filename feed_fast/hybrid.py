@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .fused import fused_feed_terms
-from .head import gemm_dtype, head_conv
+from .head import gemm_dtypes, head_conv
 from .validation import FEEDInputs
 
 
@@ -29,13 +29,9 @@ def hybrid_feed_terms(
     tf32: bool,
 ) -> Tensor:
     """(K, B) float32: row_scales[k] * per-sample L1 sums, with the head convs run by cuDNN."""
-    conv_outputs = []
-    for h, w in zip(inputs.head_inputs, inputs.weights):
-        if w is None:
-            conv_outputs.append(h)
-        else:
-            dtype = gemm_dtype(h.dtype, w.dtype, autocast)
-            conv_outputs.append(head_conv(h, w, dtype, dtype))
+    dtypes = gemm_dtypes(inputs.head_inputs, inputs.weights, autocast)
+    conv_outputs = [h if w is None else head_conv(h, w, d, d)
+                    for h, w, d in zip(inputs.head_inputs, inputs.weights, dtypes)]
     num = inputs.num_teachers
     rest = FEEDInputs(tuple(conv_outputs), inputs.teachers, (None,) * num, inputs.biases, (0,) * num)
     return fused_feed_terms(rest, row_scales, eps=eps, negative_slope=negative_slope, autocast=None, tf32=tf32)
