@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import FEEDInputs, reject_float64
+from .validation import FEEDInputs, first_float64, reject_float64
 
 # ---- the model's constants (H100 SXM; replace with measured values) ---------------------------------------
 PEAK_FLOPS = {torch.bfloat16: 989e12, torch.float16: 989e12, "tf32": 494e12, torch.float32: 67e12}
@@ -111,18 +111,13 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _has_float64(inputs: FEEDInputs) -> bool:
-    groups = (inputs.head_inputs, inputs.teachers, inputs.weights, inputs.biases)
-    return any(x is not None and x.dtype == torch.float64 for group in groups for x in group)
-
-
 def resolve_backend(
     backend: str, inputs: FEEDInputs, gemm_dtypes: Sequence[torch.dtype], matmul_tf32: bool, cudnn_tf32: bool
 ) -> str:
     """The backend that runs this call: `backend` itself, checked, or what `auto` picks."""
     device = inputs.teachers[0].device
     if backend == "auto":
-        if device.type != "cuda" or not triton_available() or _has_float64(inputs):
+        if device.type != "cuda" or not triton_available() or first_float64(inputs) is not None:
             return "torch"
         return choose_fused_plan(head_shapes(inputs, gemm_dtypes), matmul_tf32, cudnn_tf32)
     if backend in ("triton", "hybrid"):

@@ -161,12 +161,20 @@ def validate_inputs(head_inputs, teachers, weights=None, biases=None, *, allow_f
     return FEEDInputs(tuple(input_list), tuple(teacher_list), tuple(out_w), tuple(out_b), tuple(kernel_sizes))
 
 
-def reject_float64(inputs: FEEDInputs, backend: str) -> None:
-    """The kernels take float32/float16/bfloat16; float64 is a reference-only (test) dtype."""
+def first_float64(inputs: FEEDInputs) -> str | None:
+    """The first float64 argument, as "name[k]", or None when there is none."""
     for name in ("head_inputs", "teachers", "weights", "biases"):
         for k, x in enumerate(getattr(inputs, name)):
             if x is not None and x.dtype == torch.float64:
-                raise TypeError(
-                    f"{name}[{k}] is float64; backend={backend!r} takes float32, float16 or bfloat16 "
-                    "(use backend='torch' for float64)"
-                )
+                return f"{name}[{k}]"
+    return None
+
+
+def reject_float64(inputs: FEEDInputs, backend: str) -> None:
+    """The kernels take float32/float16/bfloat16; float64 is a reference-only (test) dtype."""
+    found = first_float64(inputs)
+    if found is not None:
+        raise TypeError(
+            f"{found} is float64; backend={backend!r} takes float32, float16 or bfloat16 "
+            "(use backend='torch' for float64)"
+        )
