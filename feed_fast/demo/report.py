@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from .results import ENSEMBLE, FT, KD, PFEED, TEACHER, RunResult, by_role, student_rows
+from .results import ENSEMBLE, FT, KD, PFEED, TEACHER, RunResult, by_role, student_rows, top1_by_seed
 from .seed_stats import CONFIDENCE, Spread
 from .verdict import comparisons, verdict
 
@@ -68,7 +68,7 @@ def comparison_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
 def per_seed_rows(results: Sequence[RunResult]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """(headers, rows): one row per seed, the baseline's top-1 and each other row's top-1 with its difference."""
     rows = student_rows(results)
-    by_seed = [{r.seed: r.val_top1 for r in runs} for runs in rows]
+    by_seed = [top1_by_seed(runs) for runs in rows]
     headers = ("seed", *(runs[0].label for runs in rows))
     table = []
     for seed in sorted(set.intersection(*(set(s) for s in by_seed))) if rows else []:
