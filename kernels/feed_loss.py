@@ -552,6 +552,7 @@ class _Plan:
         )
         self.s_h = tuple(s[1] for s in h_sig)
         self.s_t = tuple(t[1] for t in t_sig)
+        self.s_w = tuple(w[1] if w is not None else (0, 0, 0, 0) for w in w_sig)
         # Backward tiling: input-gradient tiles over (C_in, B*HW), weight-gradient tiles over (C_t, C_in).
         self.block_ci = tuple(_pow2_between(c, 16, 64) for c in self.c_ins)
         self.block_co = tuple(_pow2_between(c, 16, most) for c, most in zip(self.c_outs, depth))
@@ -594,8 +595,7 @@ def feed_forward(head_inputs, teachers, weights, biases, scales, dot_dtypes, tf3
     feed_forward_kernel[(plan.batch, plan.num)](
         tuple(head_inputs), tuple(teachers), _or_dummy(weights, terms), _or_dummy(biases, terms), terms, stats,
         plan.batch, tuple(float(s) for s in scales), float(negative_slope or 0.0), float(eps),
-        plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t,
-        tuple(_strides4(w) for w in weights),
+        plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t, plan.s_w,
         HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
         SINGLE_TILE=plan.single_tile, NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
     )
@@ -621,21 +621,20 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
         torch.empty((plan.batch, c), dtype=torch.float32, device=t.device) if has_b else None
         for t, c, has_b in zip(teachers, plan.c_outs, plan.has_bias)
     )
+    s_dz = tuple(_strides4(d) for d in dzs)
     dummy = stats
     feed_grad_preact_kernel[(plan.batch, plan.num)](
         tuple(head_inputs), tuple(teachers), _or_dummy(gemm_weights, dummy), _or_dummy(biases, dummy), dzs,
         _or_dummy(bias_parts, dummy), grad_terms, stats, plan.batch, tuple(float(s) for s in scales),
         float(negative_slope or 0.0), float(eps), plan.c_ins, plan.c_outs, plan.heights, plan.widths,
-        plan.s_h, plan.s_t, tuple(_strides4(w) for w in gemm_weights), tuple(_strides4(d) for d in dzs),
-        tuple(int(s) for s in grad_terms.stride()),
+        plan.s_h, plan.s_t, plan.s_w, s_dz, tuple(int(s) for s in grad_terms.stride()),
         HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
         NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
     )
     if any(plan.has_w):
         feed_grad_input_kernel[(plan.n_tiles, plan.c_tiles, plan.num)](
             dzs, _or_dummy(gemm_weights, dummy), grad_h, plan.batch, plan.c_ins, plan.c_outs, plan.heights,
-            plan.widths, tuple(_strides4(d) for d in dzs), tuple(_strides4(w) for w in gemm_weights),
-            tuple(_strides4(g) for g in grad_h),
+            plan.widths, s_dz, plan.s_w, tuple(_strides4(g) for g in grad_h),
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32,
             BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, BLOCK_K=plan.block_co, NUM_TEACHERS=plan.num,
         )
@@ -646,7 +645,7 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
         feed_grad_weight_kernel[(plan.ct_tiles * plan.c_tiles, plan.taps, plan.num)](
             dzs, tuple(head_inputs), _or_dummy(bias_parts, dummy), _or_dummy(grad_w, dummy),
             _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths,
-            tuple(_strides4(d) for d in dzs), plan.s_h, tuple(_strides4(g) for g in grad_w), plan.c_tiles,
+            s_dz, plan.s_h, tuple(_strides4(g) for g in grad_w), plan.c_tiles,
             BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, NUM_TEACHERS=plan.num,
             **plan.teacher_constexprs(),
         )
