@@ -10,6 +10,14 @@ import torch
 from torch import Tensor, nn
 
 
+def _body_block(c_in: int, c_out: int, groups: int, batch_norm: bool, negative_slope: float) -> list[nn.Module]:
+    """One body conv (3x3, "same"; no bias under BatchNorm, whose shift makes it redundant), its optional
+    BatchNorm and its LeakyReLU: the layout `Translator.body` and `GroupedBody.layers` share."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=not batch_norm)
+    norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+    return [conv, *norm, nn.LeakyReLU(negative_slope)]
+
+
 class Translator(nn.Module):
     """Three convs, FT's official translator shape: Conv3x3(C_in->C_in) LReLU, Conv3x3(C_in->width) LReLU,
     Conv(width->C_out, final_kernel) [LReLU]. Stride 1, "same" padding, bias.
@@ -45,13 +53,8 @@ class Translator(nn.Module):
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.negative_slope = negative_slope
         self.final_activation = final_activation
-
-        def block(c_in: int, c_out: int) -> list[nn.Module]:
-            conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)
-            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
-            return [conv, *norm, nn.LeakyReLU(negative_slope)]
-
-        self.body = nn.Sequential(*block(in_channels, in_channels), *block(in_channels, width))
+        self.body = nn.Sequential(*_body_block(in_channels, in_channels, 1, batch_norm, negative_slope),
+                                  *_body_block(in_channels, width, 1, batch_norm, negative_slope))
         self.head = nn.Conv2d(width, out_channels, final_kernel_size, padding=final_kernel_size // 2, bias=True)
 
     @property
@@ -76,13 +79,8 @@ class GroupedBody(nn.Module):
     def __init__(self, in_channels: int, width: int, n: int, *, batch_norm: bool, negative_slope: float) -> None:
         super().__init__()
         self.n, self.width = n, width
-
-        def block(c_in: int, c_out: int, groups: int) -> list[nn.Module]:
-            conv = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=not batch_norm)
-            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
-            return [conv, *norm, nn.LeakyReLU(negative_slope)]
-
-        self.layers = nn.Sequential(*block(in_channels, n * in_channels, 1), *block(n * in_channels, n * width, n))
+        self.layers = nn.Sequential(*_body_block(in_channels, n * in_channels, 1, batch_norm, negative_slope),
+                                    *_body_block(n * in_channels, n * width, n, batch_norm, negative_slope))
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """The n head inputs (channel slices of one tensor: views, no copy)."""
