@@ -11,7 +11,6 @@ import pytest
 triton = pytest.importorskip("triton")
 from _compile_probe import probe_rows, register_table
 
-KERNELS = {"feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel", "feed_grad_weight_kernel"}
 VARIANTS = {"bf16", "fp32", "fp32_tf32"}
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 needs_ptxas = pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
