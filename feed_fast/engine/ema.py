@@ -68,7 +68,3 @@ class StudentEMA:
 
     def state_dict(self) -> dict:
         return {"state_dict": self.plain_module().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.plain_module().load_state_dict(state["state_dict"])
-        self.steps = int(state["steps"])

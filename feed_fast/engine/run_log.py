@@ -70,13 +70,6 @@ class MetricsLog:
             self.tb = None
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _flatten(record: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in record.items():
