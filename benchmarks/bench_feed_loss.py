@@ -65,6 +65,7 @@ from feed_loss_shapes import (
 )
 
 from feed_fast.environment import environment
+from feed_fast.runtime import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -363,7 +364,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     smoke = device.type != "cuda" if args.smoke is None else args.smoke
     args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 10)
     args.iters = args.iters if args.iters is not None else (2 if smoke else 50)

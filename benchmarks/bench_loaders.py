@@ -17,20 +17,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchvision
 from feed_fast.loaders import build_loader, dali_available
 from PIL import Image
 
-from feed_fast.environment import cpu_name
+from feed_fast.environment import environment, optional_version
+from feed_fast.runtime import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _loader_data import CLASS_PHOTOS, write_cifar
@@ -73,16 +71,12 @@ def time_loader(loader, warmup: int, batches: int | None, device: torch.device) 
             "channels_last": bool(batch_images.is_contiguous(memory_format=torch.channels_last))}
 
 
-def environment(device: torch.device) -> dict:
-    dali_version = None
-    if dali_available():
-        import nvidia.dali
-
-        dali_version = nvidia.dali.__version__
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-            "device_type": device.type, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
-            "dali": dali_version, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def loader_environment(device: torch.device) -> dict:
+    """feed_fast.environment's record, plus what decodes images here: Pillow, DALI and the CPU cores."""
+    record = environment(device)
+    record["device"]["cpu_count"] = os.cpu_count()
+    record["versions"].update(pillow=optional_version("PIL"), dali=optional_version("nvidia.dali"))
+    return record
 
 
 def main(argv=None) -> int:
@@ -101,7 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the results as JSON here (e.g. benchmarks/results/loaders_cpu.json)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     common = {"image_size": args.image_size, "device": device, "dtype": dtype, "num_threads": args.threads}
     results = []
@@ -129,7 +123,9 @@ def main(argv=None) -> int:
                         **time_loader(loader, args.warmup, args.batches, device)})
         print(f"{'synthetic':12s} {'train':5s} {results[-1]['images_per_s']:>10} images/s", flush=True)
 
-    report = {"benchmark": "loaders", "environment": environment(device),
+    report = {"benchmark": "loaders",
+              "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **loader_environment(device),
               "settings": {"batch_size": args.batch_size, "image_size": args.image_size, "threads": args.threads,
                            "dtype": args.dtype, "data": args.data or f"built: {args.images} JPEGs per split",
                            "warmup_batches": args.warmup, "timed_batches": args.batches},

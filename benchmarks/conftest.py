@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
     torch.set_num_threads(1)  # steady figures on a small shared CPU, as bench_feed_loss.py does there
 
 from feed_fast.environment import environment  # after the interpreter choice above
+from feed_fast.runtime import resolve_device
 
 
 def pytest_addoption(parser):
@@ -37,5 +38,5 @@ def pytest_configure(config):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Saved runs name the device and versions the figures come from (GPU name, torch, triton, CUDA)."""
-    machine_info["feed_fast"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    machine_info["feed_fast"] = environment(resolve_device())
     machine_info["feed_fast"]["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -63,8 +63,9 @@ def environment_record() -> dict:
     import torch
 
     from feed_fast.environment import environment
+    from feed_fast.runtime import resolve_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     record = {"created_utc": now_utc(), **environment(device), "nvidia_smi": nvidia_smi(),
               "settings": {name: os.environ.get(name) for name in ENV_SETTINGS}}
     if device.type == "cuda":

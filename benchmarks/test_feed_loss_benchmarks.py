@@ -41,7 +41,9 @@ from feed_loss_shapes import (
     useful_flops,
 )
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from feed_fast.runtime import resolve_device
+
+DEVICE = resolve_device()
 
 
 def grid(config) -> list:
