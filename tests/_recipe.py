@@ -1,15 +1,19 @@
 """Shared by the tests of the recipe switches (tests/test_recipe_*.py): a tiny pFEED/KD/baseline run config on
 the synthetic loader (10 training batches per epoch), a teacher export, a TrainStep assembled as the trainer
-does, and exact comparisons of checkpoints."""
+does, exact comparisons of checkpoints, and a signal sent after a given training step (the engine's tests of
+stop-and-resume use it too)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 
 import torch
 
 from feed_fast.config import RunConfig
 from feed_fast.engine.checkpoint import student_export
 from feed_fast.engine.step import TrainStep
+from feed_fast.engine.trainer import GenerationTrainer
 from feed_fast.methods import build_method
 from feed_fast.models import build_model
 from feed_fast.runtime import open_runtime
@@ -65,3 +69,24 @@ def assert_same_tensors(a: dict, b: dict, what: str = "") -> None:
 
 def load(path) -> dict:
     return torch.load(path, weights_only=True)
+
+
+@contextlib.contextmanager
+def signal_after_step(n: int, sig: int):
+    """While open, the trainer's n-th micro-batch (counted from 1, over every `train` call inside) sends `sig`
+    to this process once it is done, as a user or torchrun would. Yields the count so far: {"n": micro-batches}."""
+    original = GenerationTrainer.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, images, labels):
+        losses = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), sig)
+        return losses
+
+    GenerationTrainer.train_step = step_then_signal
+    try:
+        yield calls
+    finally:
+        GenerationTrainer.train_step = original

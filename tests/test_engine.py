@@ -2,17 +2,16 @@
 the run directory holds what it should, the export has no translator keys and loads into the plain class,
 resume is exact (2 epochs == 1 + resume + 1; and from the middle of an epoch after a real signal)."""
 import json
-import os
 import signal
 
 import pytest
 import torch
 import yaml
+from _recipe import signal_after_step
 from feed_fast.loaders import build_loader
 
 from feed_fast.engine import evaluate, load_student, resume, train
 from feed_fast.engine.checkpoint import student_export
-from feed_fast.engine.trainer import GenerationTrainer
 from feed_fast.models import build_model
 
 TINY = {"widths": [4, 8, 16]}
@@ -125,22 +124,12 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path, teacher_files):
         assert [r[key] for r in straight["history"]] == [r[key] for r in resumed["history"]]
 
 
-def test_signal_mid_epoch_writes_last_pt_and_resume_continues_at_next_batch(tmp_path, teacher_files, monkeypatch):
+def test_signal_mid_epoch_writes_last_pt_and_resume_continues_at_next_batch(tmp_path, teacher_files):
     cfg = tiny_config("pfeed", teacher_files[:1])
     straight = train(cfg, tmp_path / "straight")
 
-    original_step = GenerationTrainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, images, labels):
-        losses = original_step(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 13:  # epoch 1, batch 3 (10 batches per epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return losses
-
-    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
-    stopped = train(cfg, tmp_path / "split")
+    with signal_after_step(13, signal.SIGTERM):  # epoch 1, batch 3 (10 batches per epoch)
+        stopped = train(cfg, tmp_path / "split")
     assert stopped["interrupted"] and stopped["stopped_by"] == "SIGTERM"
     assert stopped["resume_at"] == {"epoch": 1, "batch": 3}
     last = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
@@ -148,14 +137,13 @@ def test_signal_mid_epoch_writes_last_pt_and_resume_continues_at_next_batch(tmp_
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
-    monkeypatch.setattr(GenerationTrainer, "train_step", original_step)
     resumed = resume(tmp_path / "split")
     assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
     assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_path, monkeypatch):
+def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_path):
     cfg = tiny_config("sfeed", epochs=1)
     summary = train(cfg, tmp_path / "straight")
     gens = summary["generations"]
@@ -167,22 +155,11 @@ def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_pat
         assert (tmp_path / "straight" / f"gen{g}" / "metrics.jsonl").exists()
     assert summary["export"].endswith("gen2/student.pt")
 
-    original_step = GenerationTrainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, images, labels):
-        losses = original_step(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 14:  # generation 2, batch 4
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
-
-    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
-    first = train(cfg, tmp_path / "split")
+    with signal_after_step(14, signal.SIGINT):  # generation 2, batch 4
+        first = train(cfg, tmp_path / "split")
     assert first["interrupted"] and first["stopped_by"] == "SIGINT" and len(first["generations"]) == 2
     assert (tmp_path / "split" / "gen1" / "student.pt").exists()
     assert not (tmp_path / "split" / "gen2" / "student.pt").exists()
-    monkeypatch.setattr(GenerationTrainer, "train_step", original_step)
     resumed = resume(tmp_path / "split")
     # generation 1 is not trained again: its recorded result is reused
     assert [(r["loss"], r["val"]) for r in resumed["generations"][0]["history"]] == [

@@ -5,12 +5,19 @@ optimizer steps; a signal mid-step stops after the step's last micro-batch, and 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 
 import pytest
 import torch
-from _recipe import assert_same_tensors, build_step, load, run_config, save_teacher, training_batches
+from _recipe import (
+    assert_same_tensors,
+    build_step,
+    load,
+    run_config,
+    save_teacher,
+    signal_after_step,
+    training_batches,
+)
 
 from feed_fast.config import ConfigError
 from feed_fast.engine import resume, train
@@ -87,27 +94,17 @@ def test_steps_per_epoch_schedule_and_progress_count_optimizer_steps(tmp_path, t
     assert capped["history"][0]["loss"]["ce"] > 0
 
 
-def test_a_signal_mid_step_stops_after_the_step_and_resume_is_exact(tmp_path, teacher, monkeypatch):
+def test_a_signal_mid_step_stops_after_the_step_and_resume_is_exact(tmp_path, teacher):
     cfg = run_config("pfeed", [teacher], accumulate=2, label_smoothing=0.1,
                      ema={"enabled": True, "decay": 0.7, "every": 2})
     straight = train(cfg, tmp_path / "straight")
-    original = GenerationTrainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, images, labels):
-        losses = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 13:  # epoch 2, its 3rd micro-batch: the first half of an optimizer step
-            os.kill(os.getpid(), signal.SIGTERM)
-        return losses
-
-    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
-    stopped = train(cfg, tmp_path / "split")
+    # epoch 2, its 3rd micro-batch: the first half of an optimizer step
+    with signal_after_step(13, signal.SIGTERM) as calls:
+        stopped = train(cfg, tmp_path / "split")
     assert stopped["interrupted"] and stopped["resume_at"] == {"epoch": 1, "batch": 4}  # after the step's 2nd half
     assert calls["n"] == 14
     last = load(tmp_path / "split" / "last.pt")
     assert (last["epoch"], last["next_batch"], last["scheduler"]["last_epoch"]) == (1, 4, 7)
-    monkeypatch.setattr(GenerationTrainer, "train_step", original)
     resumed = resume(tmp_path / "split")
     a, b = load(tmp_path / "straight" / "last.pt"), load(tmp_path / "split" / "last.pt")
     for part in ("student", "extras"):
@@ -117,22 +114,11 @@ def test_a_signal_mid_step_stops_after_the_step_and_resume_is_exact(tmp_path, te
         (r["loss"], r["val"], r["lr"]) for r in resumed["history"]]
 
 
-def test_a_checkpoint_inside_an_optimizer_step_is_refused(tmp_path, monkeypatch):
+def test_a_checkpoint_inside_an_optimizer_step_is_refused(tmp_path):
     """A last.pt stopped after batch 3 by a run of accumulate=1, resumed with accumulate=2: refused, one line."""
     cfg = run_config("baseline", epochs=1)
-    original = GenerationTrainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, images, labels):
-        losses = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
-
-    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
-    train(cfg, tmp_path)
-    monkeypatch.setattr(GenerationTrainer, "train_step", original)
+    with signal_after_step(3, signal.SIGINT):
+        train(cfg, tmp_path)
     recorded = tmp_path / "config.yaml"
     recorded.write_text(recorded.read_text().replace("accumulate: 1", "accumulate: 2"))
     with pytest.raises(CheckpointError, match=r"stops after micro-batch 3, inside an optimizer step of "

@@ -6,19 +6,17 @@ resumes exactly (2 epochs == 1 + resume + 1, also after a signal mid-epoch)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 import torch
-from _recipe import CLASSES, TINY, assert_same_tensors, load, run_config, save_teacher
+from _recipe import CLASSES, TINY, assert_same_tensors, load, run_config, save_teacher, signal_after_step
 
 from feed_fast.cli import main
 from feed_fast.config import ConfigError, EMAConfig, RunConfig
 from feed_fast.engine import load_student, resume, train
 from feed_fast.engine.api import run_files_in
 from feed_fast.engine.ema import StudentEMA
-from feed_fast.engine.trainer import GenerationTrainer
 from feed_fast.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -127,23 +125,12 @@ def test_two_epochs_equal_one_plus_resume_plus_one_ema_included(tmp_path, teache
         (r["loss"], r["val"], r["val_ema"]) for r in resumed["history"]]
 
 
-def test_a_signal_mid_epoch_keeps_the_ema_exact(tmp_path, teacher, monkeypatch):
+def test_a_signal_mid_epoch_keeps_the_ema_exact(tmp_path, teacher):
     cfg = run_config("pfeed", [teacher], ema={"enabled": True, "decay": 0.8})
     train(cfg, tmp_path / "straight")
-    original = GenerationTrainer.train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, images, labels):
-        losses = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return losses
-
-    monkeypatch.setattr(GenerationTrainer, "train_step", step_then_signal)
-    assert train(cfg, tmp_path / "split")["interrupted"]
+    with signal_after_step(4, signal.SIGTERM):
+        assert train(cfg, tmp_path / "split")["interrupted"]
     assert load(tmp_path / "split" / "last.pt")["ema"]["steps"] == 4
-    monkeypatch.setattr(GenerationTrainer, "train_step", original)
     resume(tmp_path / "split")
     assert_same_tensors(load(tmp_path / "straight" / "student_ema.pt")["state_dict"],
                         load(tmp_path / "split" / "student_ema.pt")["state_dict"], "student_ema.pt")
