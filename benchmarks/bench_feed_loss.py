@@ -19,12 +19,9 @@ Speed is reported, never asserted. The JSON is rewritten after every case, so a 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +60,7 @@ from feed_loss_shapes import (
     rotation_sets,
     useful_flops,
 )
+from gpu_check_report import now_utc, slug, source_record
 
 from feed_fast.environment import environment
 from feed_fast.runtime import resolve_device
@@ -78,20 +76,6 @@ class Case:
     kernel_size: int
     layout: str
     impl: str
-
-
-def source_record() -> dict:
-    """The commit measured and the op/benchmark files that differed from it (None outside a git checkout,
-    e.g. a copied tree on a GPU machine)."""
-    def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        modified = git("status", "--porcelain", "--", "kernels", "feed_fast", "benchmarks").splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "modified": None}
-    return {"commit": commit, "modified": [line[3:] for line in modified]}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -282,14 +266,10 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def default_out(device: torch.device, smoke: bool) -> Path:
     """GPU full runs are results worth committing; anything else goes to a temp dir."""
     if device.type == "cuda" and not smoke:
-        return RESULTS_DIR / f"feed_loss_{device_slug(torch.cuda.get_device_name(device))}.json"
+        return RESULTS_DIR / f"feed_loss_{slug(torch.cuda.get_device_name(device))}.json"
     suffix = "smoke" if smoke else "full"
     return Path(tempfile.gettempdir()) / "feed_fast_bench" / f"feed_loss_{device.type}_{suffix}.json"
 
@@ -396,7 +376,7 @@ def main(argv=None) -> int:
     out = args.out or default_out(device, smoke)
     report = {
         "benchmark": "feed_loss forward+backward (head inputs, weights, biases get gradients)",
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": now_utc(),
         "mode": "smoke" if smoke else "full",
         **env,
         "source": source_record(),

@@ -14,7 +14,6 @@ Speed is reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from feed_fast.loaders import build_loader, dali_available
+from gpu_check_report import now_utc  # a sibling: the script's folder is on sys.path
 from PIL import Image
 
 from feed_fast.environment import environment, optional_version
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         print(f"{'synthetic':12s} {'train':5s} {results[-1]['images_per_s']:>10} images/s", flush=True)
 
     report = {"benchmark": "loaders",
-              "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "created_utc": now_utc(),
               **loader_environment(device),
               "settings": {"batch_size": args.batch_size, "image_size": args.image_size, "threads": args.threads,
                            "dtype": args.dtype, "data": args.data or f"built: {args.images} JPEGs per split",

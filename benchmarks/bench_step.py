@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from feed_fast.runtime import DEVICES, PRECISIONS, open_runtime, resolve_device
 from feed_fast.runtime.timing import SECTIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_report import slug, source_record
 from step_profile import inductor_kernel_profiling, profile_steps
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -251,14 +250,6 @@ def before_issue_11(name: str, preset: dict, args, device: torch.device) -> dict
                                      **before["dispatched_ops_per_step"][key]}
 
 
-def source_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: imagenet on a GPU, smoke on the CPU")
@@ -297,7 +288,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "train step against its floor",
         **environment(device),
-        "commit": source_commit(),
+        "commit": source_record()["commit"],
         "preset": name,
         "setting": {"student": preset["student"], "teacher": preset["teacher"], "teachers": preset["teachers"],
                     "batch": preset["batch"], "image_shape": [3, preset["image_size"], preset["image_size"]],
@@ -318,8 +309,7 @@ def main(argv=None) -> int:
     }
     out = args.out
     if out is None:
-        slug = re.sub(r"[^a-z0-9]+", "_", report["device"]["name"].lower()).strip("_")
-        out = (RESULTS_DIR / f"step_{name}_{slug}.json" if gpu and not args.smoke else
+        out = (RESULTS_DIR / f"step_{name}_{slug(report['device']['name'])}.json" if gpu and not args.smoke else
                Path(tempfile.gettempdir()) / "feed_fast_bench" / f"step_{name}_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -1,5 +1,7 @@
 """The records benchmarks/gpu_check.sh writes beside the benchmark JSON: the machine, a pytest junit summary,
-and each part's status. Standard library + torch only, so it runs on a GPU machine's stock Python.
+and each part's status. Standard library + torch only, so it runs on a GPU machine's stock Python. The
+benchmark scripts take their shared record parts from here too: the device name as a file-name part (`slug`),
+the time (`now_utc`) and the commit measured (`source_record`).
 
     python benchmarks/gpu_check_report.py slug                     # device name as a file-name part
     python benchmarks/gpu_check_report.py env --out FILE           # device, versions, nvidia-smi, settings
@@ -20,6 +22,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_CODES = (124, 137)  # timeout(1): the limit was reached (137: killed after the grace period)
 NVIDIA_SMI_QUERY = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,compute_cap"
 ENV_SETTINGS = ("TRITON_INTERPRET", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_VISIBLE_DEVICES",
@@ -32,6 +35,20 @@ def now_utc() -> str:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def source_record() -> dict:
+    """The commit measured and the op/benchmark files that differed from it (None outside a git checkout,
+    e.g. a copied tree on a GPU machine)."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        modified = git("status", "--porcelain", "--", "kernels", "feed_fast", "benchmarks").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": None}
+    return {"commit": commit, "modified": [line[3:] for line in modified]}
 
 
 def device_slug() -> str:

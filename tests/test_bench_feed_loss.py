@@ -300,7 +300,7 @@ def test_spread_and_default_output():
     assert s["p20_ms"] == pytest.approx(2.8) and s["median_ms"] == 5.5 and s["p80_ms"] == pytest.approx(8.2)
     cpu_path = bench.default_out(CPU, smoke=True)
     assert bench.RESULTS_DIR not in cpu_path.parents and cpu_path.name == "feed_loss_cpu_smoke.json"
-    assert bench.device_slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+    assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
     h100 = bench.roofline(grid.FULL_SHAPES[1], 3, 1000.0, "NVIDIA H100 80GB HBM3")
     assert h100["tflops_fraction_of_limit"] == pytest.approx(grid.useful_flops(grid.FULL_SHAPES[1], 3) / 1e12 / 800)
 
