@@ -35,11 +35,11 @@ def image_error(path: str) -> str | None:
 
 def find_unreadable(paths: Iterable[str], *, workers: int = 4) -> dict[str, str]:
     """{path: reason} for every path Pillow cannot decode. Threads suffice: decoding releases the GIL."""
-    unreadable = {}
     paths = list(paths)
     if workers <= 1:  # no thread at all
         return {path: reason for path in paths if (reason := image_error(path)) is not None}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    unreadable = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(paths), CHUNK):  # bounded number of futures alive on huge folders
             chunk = paths[start:start + CHUNK]
             unreadable.update((path, reason) for path, reason in zip(chunk, pool.map(image_error, chunk))
