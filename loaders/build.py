@@ -1,6 +1,8 @@
 """`build_loader`: the one entry point the trainer calls; it checks the arguments and picks the loader."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .base import EpochLoader
@@ -21,7 +23,8 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
                  image_size: int | None = None, device: None | str | torch.device = None, num_threads: int = 2,
                  seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool | None = None,
                  dtype: torch.dtype | None = None, skip_corrupt: bool = False, download: bool = False,
-                 num_classes: int | None = None, memory_format: torch.memory_format | None = None) -> EpochLoader:
+                 num_classes: int | None = None, memory_format: torch.memory_format | None = None,
+                 classes: Sequence[str] | None = None) -> EpochLoader:
     """An iterable with len() of (images (B, 3, H, W) normalized float, labels int64) on `device`
     (default: CUDA if available, else CPU). See the README's "Input pipelines".
 
@@ -34,6 +37,10 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
     "val" ("test" is the same; fixed order, every sample exactly once across shards).
     backend applies to imagefolder only: "auto" takes DALI when it is installed, else torchvision.
     num_classes applies to synthetic only (default 1000); the other datasets know their classes.
+    classes applies to imagefolder only: the class-to-index map the labels use, in index order. By default
+    the training split's: root/train's class folders, sorted, for every split (a split holding a class folder
+    train lacks is refused naming it; a training class it has no images of is a warning); a root without
+    train/ labels its split by its own folders.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -44,8 +51,10 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
               "num_shards": num_shards, "drop_last": drop_last, "memory_format": memory_format}
     if dataset != "synthetic" and num_classes is not None:
         raise ValueError(f"num_classes is only for dataset='synthetic'; {dataset!r} reads its classes from the data")
+    if dataset != "imagefolder" and classes is not None:
+        raise ValueError(f"classes is only for dataset='imagefolder'; {dataset!r} has fixed class indices")
     loader = _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
-                          common)
+                          classes, common)
     if len(loader) == 0:
         raise ValueError(f"{dataset} {split!r} (root={root!r}) gives shard {shard_id}/{num_shards} "
                          f"{loader.num_samples} samples: not one batch of {batch_size}"
@@ -54,7 +63,7 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
 
 
 def _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
-                 common) -> EpochLoader:
+                 classes, common) -> EpochLoader:
     if dataset == "synthetic":
         from .synthetic import SyntheticLoader
 
@@ -72,8 +81,8 @@ def _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_co
         from .dali_backend import DaliImageFolderLoader
 
         return DaliImageFolderLoader(root, split, batch_size, num_threads=num_threads,
-                                     skip_corrupt=skip_corrupt, **common)
+                                     skip_corrupt=skip_corrupt, classes=classes, **common)
     from .torchvision_backend import TorchvisionImageFolderLoader
 
     return TorchvisionImageFolderLoader(root, split, batch_size, num_threads=num_threads,
-                                        skip_corrupt=skip_corrupt, **common)
+                                        skip_corrupt=skip_corrupt, classes=classes, **common)

@@ -2,12 +2,19 @@
 shuffle, shard and resume alike), decoded by nvJPEG on the GPU ("mixed"; the hardware decoder where
 the GPU has one) or on the CPU in DALI's CPU-only mode, cropped, flipped and normalized inside DALI.
 
+Training crops are drawn on the host, from each sample's own seed (`FolderLoader.train_crop`, the function
+the torchvision backend calls too), with the image's size read from its header (cached per file); DALI
+decodes only that window (`decoders.image_slice`, nvJPEG's ROI decode on the GPU) and mirrors it as told.
+Nothing in the pipeline is random, so a resumed epoch repeats the uninterrupted one crop for crop.
+
 One DALI pipeline serves one pass over an epoch's batches (built at the start of the pass: far cheaper
 than an epoch). A broken file fails a whole DALI batch without naming itself, so on failure the files
 of the batches in flight are checked with Pillow and the culprit named, or left out (skip_corrupt) and
-the pass rebuilt from the first batch not yet served."""
+the pass rebuilt from the first batch not yet served. DALI's own log line about the file is held back
+(`native_log`): the user reads one message, ours."""
 from __future__ import annotations
 
+import io
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from nvidia.dali import fn, math, pipeline_def, types
+from PIL import Image
 
-from . import sampling
 from .base import Batch
 from .folder import FolderLoader
 from .integrity import CorruptImageError, find_unreadable
+from .native_log import claim_native_logs, holding_native_logs
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .transforms import CROP_RATIO, CROP_SCALE, val_resize_size
+from .transforms import val_resize_size
 
 PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
 READ_AHEAD = 3  # batches of encoded files read from disk ahead of DALI
@@ -32,7 +40,7 @@ def torchvision_val_geometry(encoded, shorter: int, crop: int):
     CenterCrop(crop) exactly: the long side becomes shorter * long // short (torchvision truncates, DALI's
     resize_shorter rounds), and the crop starts at round((size - crop) / 2) with Python's round-half-to-even
     (DALI's crop_pos=0.5 rounds halves up), both one-pixel shifts that would misalign the two backends."""
-    shape = fn.peek_image_shape(encoded)  # (H, W, C) read from the header, on the CPU
+    shape = fn.peek_image_shape(encoded, adjust_orientation=False)  # (H, W, C) from the header, on the CPU
     height, width = shape[0], shape[1]
     portrait = height >= width  # torchvision: width <= height -> width is the short side
     new_width = portrait * shorter + (1 - portrait) * ((shorter * width) // height)
@@ -50,17 +58,20 @@ def torchvision_val_geometry(encoded, shorter: int, crop: int):
 @pipeline_def
 def folder_pipeline(source, *, train: bool, image_size: int, decoder: str, images_dtype, images_layout: str,
                     labels_to_gpu: bool):
-    encoded, labels = fn.external_source(source=source, num_outputs=2, batch=True,
-                                         dtype=[types.UINT8, types.INT64])
+    # EXIF orientation is not applied, as Pillow (and so torchvision's ImageFolder) does not apply it: the
+    # crop windows are in the stored image's pixels.
     if train:
-        # Decode only the random crop window (nvJPEG ROI decode), then scale it to the output size.
-        images = fn.decoders.image_random_crop(encoded, device=decoder, output_type=types.RGB,
-                                               random_area=list(CROP_SCALE), random_aspect_ratio=list(CROP_RATIO),
-                                               num_attempts=10)
+        encoded, labels, anchor, shape, mirror = fn.external_source(
+            source=source, num_outputs=5, batch=True, dtype=[types.UINT8, types.INT64] + [types.INT32] * 3)
+        # Decode only the crop window drawn on the host (absolute (x, y) and (width, height)), then scale it.
+        images = fn.decoders.image_slice(encoded, anchor, shape, device=decoder, output_type=types.RGB,
+                                         adjust_orientation=False)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
-        mirror, crop_x, crop_y = fn.random.coin_flip(probability=0.5), 0.5, 0.5
+        crop_x = crop_y = 0.5
     else:
-        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        encoded, labels = fn.external_source(source=source, num_outputs=2, batch=True,
+                                             dtype=[types.UINT8, types.INT64])
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, adjust_orientation=False)
         resize_x, resize_y, crop_x, crop_y = torchvision_val_geometry(encoded, val_resize_size(image_size),
                                                                       image_size)
         images = fn.resize(images, resize_x=resize_x, resize_y=resize_y)
@@ -75,6 +86,13 @@ def read_encoded(paths: list[str]) -> list[np.ndarray]:
     return [np.fromfile(path, dtype=np.uint8) for path in paths]
 
 
+def header_size(encoded: np.ndarray) -> tuple[int, int]:
+    """(height, width) of an encoded image, as Pillow reads it from the header without decoding the pixels."""
+    with Image.open(io.BytesIO(encoded.tobytes())) as image:
+        width, height = image.size
+    return height, width
+
+
 class DaliImageFolderLoader(FolderLoader):
     backend = "dali"
 
@@ -87,15 +105,32 @@ class DaliImageFolderLoader(FolderLoader):
         self._dali_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
         # HWC batches viewed as NCHW are channels-last with no copy (NVIDIA's own ResNet-50 example does so).
         self._layout = "HWC" if self.memory_format == torch.channels_last else "CHW"
+        # (height, width) of every file read so far, from its header (0: not read yet): the crop draws need it.
+        self._sizes = np.zeros((self.dataset_size, 2), np.int32)
 
-    def _pipeline(self, source, seed: int):
+    def _pipeline(self, source):
         pipe = folder_pipeline(source, train=self.train, image_size=self.image_size, decoder=self._decoder,
                                images_dtype=self._dali_dtype, images_layout=self._layout,
                                labels_to_gpu=self._device_id is not None, batch_size=self.batch_size,
-                               num_threads=max(1, self.num_threads), device_id=self._device_id, seed=seed,
+                               num_threads=max(1, self.num_threads), device_id=self._device_id,
                                prefetch_queue_depth=PREFETCH, exec_dynamic=False)
         pipe.build()
         return pipe
+
+    def image_size_of(self, index: int) -> tuple[int, int]:
+        """(height, width) of file `index` from its header; read once, then cached."""
+        if not self._sizes[index, 0]:
+            with open(self.index.paths[index], "rb") as file:
+                self._sizes[index] = header_size(np.frombuffer(file.read(), np.uint8))
+        return int(self._sizes[index, 0]), int(self._sizes[index, 1])
+
+    def crop_windows(self, epoch: int, indices: list[int]):
+        """The pipeline's crop inputs for these samples of `epoch`: anchors (x, y) and shapes (width, height),
+        int32 (N, 2), and mirror flags (N,), from each sample's own crop draw."""
+        crops = [self.train_crop(epoch, i, *self.image_size_of(i)) for i in indices]
+        return (np.array([(c.left, c.top) for c in crops], np.int32).reshape(-1, 2),
+                np.array([(c.width, c.height) for c in crops], np.int32).reshape(-1, 2),
+                np.array([c.flip for c in crops], np.int32))
 
     def _to_torch(self, images, labels) -> Batch:
         if self._device_id is None:
@@ -117,12 +152,24 @@ class DaliImageFolderLoader(FolderLoader):
             images = images.permute(0, 3, 1, 2)  # NCHW view, channels-last strides
         return images.to(self.dtype), labels.reshape(-1)
 
-    def _batch_source(self, batches, in_flight: deque):
-        """Encoded files and labels of each batch, for DALI's external source; records what it handed over.
-        A reader thread loads the files READ_AHEAD batches early (file reads release the GIL), so the
-        trainer's thread, which DALI calls this from, does not wait on the disk."""
+    def _batch_source(self, batches, epoch: int, in_flight: deque):
+        """Encoded files and labels of each batch (and, for training, its crop windows), for DALI's external
+        source; records what it handed over. A reader thread loads the files and draws the crops READ_AHEAD
+        batches early (file reads release the GIL), so the trainer's thread, which DALI calls this from, does
+        not wait on the disk. A file whose header Pillow cannot read is found here, before DALI sees it."""
         def load(indices):
-            return read_encoded([self.index.paths[i] for i in indices])
+            encoded = read_encoded([self.index.paths[i] for i in indices])
+            if not self.train:
+                return encoded, None, {}
+            unreadable = {}
+            for i, data in zip(indices, encoded):
+                if not self._sizes[i, 0]:  # the bytes are at hand: the size costs no second read
+                    try:
+                        self._sizes[i] = header_size(data)
+                    except Exception as error:  # noqa: BLE001 -- Pillow raises many types
+                        unreadable[self.index.paths[i]] = f"{type(error).__name__}: {error}"
+            readable = [i for i in indices if self._sizes[i, 0]]
+            return encoded, self.crop_windows(epoch, readable), unreadable
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-read") as reader:
             reads: deque = deque()
@@ -134,44 +181,61 @@ class DaliImageFolderLoader(FolderLoader):
                     reads.append((number, indices, reader.submit(load, indices)))
                 if not reads:
                     return
-                number, indices, encoded = reads.popleft()
+                number, indices, loaded = reads.popleft()
+                encoded, windows, unreadable = loaded.result()
+                if unreadable:
+                    self.leave_out(unreadable)  # raises naming them, or (skip_corrupt) warns and excludes them
+                    encoded = [data for data, i in zip(encoded, indices) if i not in self.excluded]
+                    indices = [i for i in indices if i not in self.excluded]
+                    if not indices:
+                        continue
                 in_flight.append((number, indices))
-                yield encoded.result(), np.asarray([self.index.labels[i] for i in indices], np.int64)
+                labels = np.asarray([self.index.labels[i] for i in indices], np.int64)
+                yield (encoded, labels) if windows is None else (encoded, labels, *windows)
 
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         pending = deque(enumerate(self.without_excluded(batch_indices), start=first_batch))
-        while pending:
-            if self.excluded:  # after a failure: a batch whose every file is broken has nothing to serve
-                pending = deque((n, idx) for n, idx in pending if any(i not in self.excluded for i in idx.tolist()))
-                if not pending:
-                    break
-            in_flight: deque = deque()  # batches handed to DALI and not yet served
-            seed = sampling.batch_seed(self.seed, epoch, pending[0][0], self.shard_id) & 0x7FFF_FFFF
-            pipe = self._pipeline(self._batch_source(tuple(pending), in_flight), seed)
-            failure = None
-            try:
-                while pending:
-                    images, labels = pipe.run()
-                    in_flight.popleft()
-                    pending.popleft()
-                    yield self._to_torch(images, labels)
-            except RuntimeError as error:  # DALI reports a failed decode as RuntimeError
-                failure = error
-            finally:
-                del pipe  # the failed pipeline and its threads go before the broken files are looked for
-            if failure is not None:
-                self._handle_failure(failure, in_flight)
-                # The loop rebuilds the pass from the first batch not served, now without the broken files.
+        with holding_native_logs():
+            while pending:
+                if self.excluded:  # after a failure: a batch whose every file is broken has nothing to serve
+                    pending = deque((n, idx) for n, idx in pending
+                                    if any(i not in self.excluded for i in idx.tolist()))
+                    if not pending:
+                        break
+                in_flight: deque = deque()  # batches handed to DALI and not yet served
+                pipe = self._pipeline(self._batch_source(tuple(pending), epoch, in_flight))
+                failure = None
+                try:
+                    while pending:
+                        try:
+                            images, labels = pipe.run()
+                        except StopIteration:  # the last batches held only files with unreadable headers
+                            return
+                        served, _ = in_flight.popleft()
+                        while pending and pending[0][0] <= served:  # and those before it that held only such
+                            pending.popleft()
+                        yield self._to_torch(images, labels)
+                except CorruptImageError:  # our own, from the batch source: it names the file already
+                    raise
+                except RuntimeError as error:  # DALI reports a failed decode as RuntimeError
+                    failure = error
+                finally:
+                    del pipe  # the failed pipeline and its threads go before the broken files are looked for
+                if failure is not None:
+                    self._handle_failure(failure, in_flight)
+                    # The loop rebuilds the pass from the first batch not served, now without the broken files.
 
     def _handle_failure(self, error: RuntimeError, in_flight) -> None:
         suspects = [self.index.paths[i] for _, indices in in_flight for i in indices]
         # A few batches of files: checked in this thread. Starting threads here, next to a failed DALI
         # pipeline, was seen to hang in Thread.start once in a full test run.
         unreadable = find_unreadable(suspects, workers=1)
+        native = claim_native_logs()  # DALI's own lines about the failure: folded into the one message
         if not unreadable:
+            said = "\n".join([*native, str(error)])
             raise CorruptImageError(f"DALI failed on a batch holding these {len(suspects)} file(s), and Pillow "
                                     f"can read them all, so the failure is not a broken file: "
-                                    f"{suspects[:20]}\nDALI said: {error}", suspects) from error
+                                    f"{suspects[:20]}\nDALI said: {said}", suspects) from error
         self.leave_out(unreadable)
 
 

@@ -1,16 +1,25 @@
 """ImageNet-style folders (root/<split>/<class>/<image>): the file index, built exactly like
 torchvision's ImageFolder (classes sorted by name, files in sorted os.walk order), and the part of the
-loader both backends share: which files each batch holds, and leaving out files found broken."""
+loader both backends share: which files each batch holds, each training sample's crop seed, and leaving
+out files found broken.
+
+Classes come from the training split: a label is the index of its class in root/train's sorted class
+folders, in every split. Indexing val on its own would shift every label after a class folder missing
+from val by one, silently; so val is labelled with train's map, a val class folder train does not have is
+refused, and a training class without val images is a warning."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from . import sampling
 from .base import EpochLoader
 from .integrity import report_corrupt
+from .transforms import TrainCrop, train_crop
 
 FOLDER_IMAGE_SIZE = 224  # ImageNet's training size: the native size of an image folder (image_size=None)
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -20,9 +29,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 @dataclass(frozen=True)
 class FolderIndex:
     root: str  # the split folder
-    classes: list[str]
+    classes: list[str]  # the class-to-index map the labels use (the training split's)
     paths: list[str]
     labels: list[int]
+    absent: list[str]  # classes of the map with no folder in this split: no samples here
 
 
 def is_image_file(name: str) -> bool:
@@ -35,26 +45,56 @@ def class_files(class_dir: str) -> list[str]:
             for name in sorted(names) if is_image_file(name)]
 
 
-def scan_split(split_dir: str) -> FolderIndex:
-    """Index one split folder; a clear error naming the path when there is nothing to train on."""
+def class_folders(split_dir: str) -> list[str]:
+    """The class names of a split: its sub-folders, sorted (torchvision's ImageFolder order)."""
     if not os.path.isdir(split_dir):
         raise FileNotFoundError(f"image folder not found: {split_dir} (expected <root>/<split>/<class>/<image>)")
     classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
     if not classes:
         raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
+    return classes
+
+
+def foreign_classes_line(foreign: Sequence[str], split_dir: str, train_dir: str) -> str:
+    names = ", ".join(repr(name) for name in foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10
+                                                              else "")
+    return (f"{len(foreign)} class folder(s) in {split_dir} are not classes of the training split {train_dir}: "
+            f"{names}; labels are indices into the training split's classes, so rename or remove them")
+
+
+def absent_classes_line(absent: Sequence[str], split_dir: str) -> str:
+    names = ", ".join(repr(name) for name in absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10
+                                                             else "")
+    return f"{len(absent)} training class(es) have no images in {split_dir}: {names}"
+
+
+def scan_split(split_dir: str, classes: Sequence[str] | None = None, *, classes_from: str = "") -> FolderIndex:
+    """Index one split folder; a clear error naming the path when there is nothing to train on.
+    classes: the class-to-index map to label with (the training split's, read from `classes_from`); None
+    labels the split by its own class folders. A folder not in the map is refused naming it."""
+    found = class_folders(split_dir)
+    if classes is None:
+        classes = found
+    else:
+        classes = list(classes)
+        foreign = sorted(set(found) - set(classes))
+        if foreign:
+            raise ValueError(foreign_classes_line(foreign, split_dir, classes_from or "the given classes"))
+    label_of = {name: label for label, name in enumerate(classes)}
     paths, labels, empty = [], [], []
-    for label, name in enumerate(classes):
+    for name in found:
         files = class_files(os.path.join(split_dir, name))
         if not files:
             empty.append(name)
         paths += files
-        labels += [label] * len(files)
+        labels += [label_of[name]] * len(files)
     if empty:
         # torchvision's ImageFolder refuses these too: an empty class would silently shift nothing but
         # usually means a broken copy of the data set.
         raise FileNotFoundError(f"{len(empty)} class folder(s) in {split_dir} hold no image files "
                                 f"({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty[:10])}")
-    return FolderIndex(split_dir, classes, paths, labels)
+    absent = [name for name in classes if name not in set(found)]
+    return FolderIndex(split_dir, classes, paths, labels, absent)
 
 
 class FolderLoader(EpochLoader):
@@ -63,11 +103,18 @@ class FolderLoader(EpochLoader):
 
     native_image_size = FOLDER_IMAGE_SIZE
 
-    def __init__(self, root, split: str, batch_size: int, *, skip_corrupt: bool, num_threads: int, **common):
+    def __init__(self, root, split: str, batch_size: int, *, skip_corrupt: bool, num_threads: int,
+                 classes: Sequence[str] | None = None, **common):
         if root is None:
             raise ValueError("root is required for dataset='imagefolder': the folder holding train/ and val/")
         split = "val" if split == "test" else split
-        self.index = scan_split(os.path.join(os.fspath(root), split))
+        root = os.fspath(root)
+        train_dir = os.path.join(root, "train")
+        if classes is None and split != "train" and os.path.isdir(train_dir):
+            classes = class_folders(train_dir)
+        self.index = scan_split(os.path.join(root, split), classes, classes_from=train_dir)
+        if self.index.absent:
+            warnings.warn(absent_classes_line(self.index.absent, self.index.root), RuntimeWarning, stacklevel=4)
         super().__init__(split=split, batch_size=batch_size, num_classes=len(self.index.classes), **common)
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
@@ -83,6 +130,14 @@ class FolderLoader(EpochLoader):
     @property
     def dataset_size(self) -> int:
         return len(self.index.paths)
+
+    def sample_seed(self, epoch: int, index: int) -> int:
+        """The seed of sample `index`'s crop and flip in `epoch`: its own, whatever batch, shard or worker
+        serves it, so a resumed epoch (or one re-sharded) crops every sample as before."""
+        return sampling.batch_seed(self.seed, epoch, index, 0)
+
+    def train_crop(self, epoch: int, index: int, height: int, width: int) -> TrainCrop:
+        return train_crop(self.sample_seed(epoch, index), height, width)
 
     def without_excluded(self, batch_indices: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         for indices in batch_indices:

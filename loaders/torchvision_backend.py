@@ -3,7 +3,6 @@ the DALI pipeline, uint8 batches in pinned memory, and normalization on the devi
 bytes cross PCIe, and the GPU does the float math)."""
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 
 import torch
@@ -12,11 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from . import sampling
 from .base import Batch
 from .folder import FolderLoader
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
-from .transforms import random_resized_crop_box, val_resize_size
+from .transforms import train_crop, val_resize_size
 
 
 class FolderImages(Dataset):
@@ -33,11 +31,10 @@ class FolderImages(Dataset):
     def transform(self, image: Image.Image, seed: int) -> Image.Image:
         size = self.image_size
         if self.train:
-            rng = random.Random(seed)
-            top, left, height, width = random_resized_crop_box(image.height, image.width, rng)
-            image = TF.resized_crop(image, top, left, height, width, [size, size],
+            crop = train_crop(seed, image.height, image.width)
+            image = TF.resized_crop(image, crop.top, crop.left, crop.height, crop.width, [size, size],
                                     interpolation=InterpolationMode.BILINEAR, antialias=True)
-            return TF.hflip(image) if rng.random() < 0.5 else image
+            return TF.hflip(image) if crop.flip else image
         image = TF.resize(image, val_resize_size(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(image, [size, size])
 
@@ -92,7 +89,7 @@ class TorchvisionImageFolderLoader(FolderLoader):
 
     def _batches(self, batch_indices, epoch: int, first_batch: int) -> Iterator[Batch]:
         self._sampler.batches = [
-            [(i, sampling.batch_seed(self.seed, epoch, i, 0)) for i in indices.tolist()]  # per-sample crop seed
+            [(i, self.sample_seed(epoch, i)) for i in indices.tolist()]  # each sample's own crop seed
             for indices in self.without_excluded(batch_indices)]
         for images, labels, unreadable in self._loader:
             if unreadable:

@@ -1,9 +1,14 @@
 """The geometry both image-folder backends share, computed the way torchvision computes it, so that
-DALI and torchvision crop the same pixels (DALI's own resize_shorter rounds the long side differently)."""
+DALI and torchvision crop the same pixels (DALI's own resize_shorter rounds the long side differently).
+
+A training sample's random crop and flip are drawn here, on the host, from that sample's own seed: the
+torchvision workers apply them to the decoded image, the DALI pipeline decodes only that window. Nothing
+random happens inside either backend, so both crop the same boxes and a resumed epoch repeats its crops."""
 from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 VAL_RESIZE_RATIO = 256 / 224  # ImageNet convention: resize to 256, center-crop 224
 CROP_SCALE = (0.08, 1.0)
@@ -43,3 +48,21 @@ def random_resized_crop_box(height: int, width: int, rng: random.Random) -> tupl
     else:
         crop_w, crop_h = width, height
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+class TrainCrop(NamedTuple):
+    """One training sample's augmentation: the crop box in the image's pixels (then scaled to the output
+    size), and whether the result is mirrored left-right."""
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def train_crop(seed: int, height: int, width: int) -> TrainCrop:
+    """RandomResizedCrop's box then RandomHorizontalFlip's coin, both drawn from `seed` for an image of
+    `height` x `width` pixels (as decoded, before any EXIF rotation: Pillow's size)."""
+    rng = random.Random(seed)
+    box = random_resized_crop_box(height, width, rng)
+    return TrainCrop(*box, flip=rng.random() < 0.5)

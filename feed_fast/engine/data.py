@@ -1,5 +1,5 @@
 """The run's two loaders (train and val shards of this rank), built from the config's `data` section on the
-device and in the memory format the runtime decided."""
+device and in the memory format the runtime decided; val takes the training split's classes."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -23,7 +23,9 @@ def build_loaders(cfg: RunConfig, runtime: Runtime) -> Loaders:
     if data.dataset == "synthetic":
         common["num_classes"] = data.num_classes
     try:
-        return Loaders(build_loader(data.root, "train", data.batch_size, **common),
-                       build_loader(data.root, "val", data.eval_batch_size, **common))
-    except ValueError as err:  # e.g. fewer samples than one batch: a config mistake found by reading the data
+        train = build_loader(data.root, "train", data.batch_size, **common)
+        if data.dataset == "imagefolder":  # val is labelled with the training split's class indices
+            common["classes"] = train.classes
+        return Loaders(train, build_loader(data.root, "val", data.eval_batch_size, **common))
+    except ValueError as err:  # e.g. fewer samples than one batch, a val class train lacks: found reading the data
         raise ConfigError(f"data: {err}") from None
