@@ -1,5 +1,5 @@
-"""`feed-fast data check`: what a data folder holds and which of its files cannot be read, before a
-long run finds out halfway."""
+"""`feed-fast data check`: what a data folder holds, which of its files cannot be read and whether its
+splits' classes agree (val is labelled with train's classes), before a long run finds out halfway."""
 from __future__ import annotations
 
 import collections
@@ -20,10 +20,12 @@ class SplitReport:
     class_counts: dict[str, int] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
     error: str | None = None  # the split cannot be used at all
+    foreign_classes: list[str] = field(default_factory=list)  # class folders the training split lacks: refused
+    absent_classes: list[str] = field(default_factory=list)  # training classes with no images here: a warning
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.unreadable
+        return self.error is None and not self.unreadable and not self.foreign_classes
 
 
 def check_image_split(name: str, path: str, workers: int) -> SplitReport:
@@ -63,7 +65,19 @@ def check_root(root: str, *, workers: int = 4) -> list[SplitReport]:
         return [SplitReport("root", root, error=f"not a folder: {root}")]
     reports = [check_image_split(split, os.path.join(root, split), workers)
                for split in SPLITS if os.path.isdir(os.path.join(root, split))]
+    compare_classes(reports)
     for dataset, layout in LAYOUTS.items():
         if os.path.isdir(os.path.join(root, layout[0])):
             reports += check_cifar(root, dataset)
     return reports or [check_image_split(os.path.basename(os.path.normpath(root)), root, workers)]
+
+
+def compare_classes(reports: list[SplitReport]) -> None:
+    """Against the training split's classes (the labels every split uses): the val class folders train lacks
+    (the loaders refuse them) and the training classes val has no images of (they warn)."""
+    train = next((r for r in reports if r.name == "train" and r.error is None), None)
+    for report in reports:
+        if train is None or report is train or report.error is not None:
+            continue
+        report.foreign_classes = sorted(set(report.class_counts) - set(train.class_counts))
+        report.absent_classes = [name for name in train.class_counts if name not in report.class_counts]
