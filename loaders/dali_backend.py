@@ -26,7 +26,7 @@ from PIL import Image
 
 from .base import Batch
 from .folder import FolderLoader
-from .integrity import CorruptImageError, find_unreadable
+from .integrity import CorruptImageError, find_unreadable, image_error
 from .native_log import claim_native_logs, holding_native_logs
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import val_resize_size
@@ -166,8 +166,8 @@ class DaliImageFolderLoader(FolderLoader):
                 if not self._sizes[i, 0]:  # the bytes are at hand: the size costs no second read
                     try:
                         self._sizes[i] = header_size(data)
-                    except Exception as error:  # noqa: BLE001 -- Pillow raises many types
-                        unreadable[self.index.paths[i]] = f"{type(error).__name__}: {error}"
+                    except Exception:  # noqa: BLE001 -- Pillow raises many types; the reason as data check gives it
+                        unreadable[self.index.paths[i]] = image_error(self.index.paths[i]) or "unreadable header"
             readable = [i for i in indices if self._sizes[i, 0]]
             return encoded, self.crop_windows(epoch, readable), unreadable
 

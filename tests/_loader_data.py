@@ -50,6 +50,22 @@ def make_image_folder(root: str, splits=("train", "val"), per_class: int = 5) ->
     return written
 
 
+def tag_rotated(path: str) -> None:
+    """Re-save a JPEG with EXIF orientation 6 ("rotate 90 degrees to display"). Pillow, and so torchvision's
+    ImageFolder, ignores the tag; a decoder that applies it would swap the image's height and width."""
+    with Image.open(path) as image:
+        image = image.copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    image.save(path, quality=92, exif=exif.tobytes())
+
+
+def not_an_image(path: str) -> None:
+    """Bytes no decoder takes for an image, under the image's name: even its header cannot be read."""
+    with open(path, "wb") as file:
+        file.write(b"<html>404 Not Found</html>\n")
+
+
 def corrupt_jpeg(path: str) -> None:
     """Keep the header, cut the entropy-coded data: opens fine, fails to decode."""
     with open(path, "rb") as file:
