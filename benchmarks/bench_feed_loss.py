@@ -2,7 +2,8 @@
 
     python benchmarks/bench_feed_loss.py                       # GPU: the full grid -> benchmarks/results/
     python benchmarks/bench_feed_loss.py --shapes cifar        # one shape of the grid
-    TRITON_INTERPRET=1 python benchmarks/bench_feed_loss.py    # CPU: smoke shapes (the default off a GPU)
+    python benchmarks/bench_feed_loss.py                       # CPU (`make bench`): smoke shapes, kernels in
+                                                               # Triton's interpreter -> benchmarks/results/local/
 
 One step = `feed_loss(head_inputs, teachers, weights, biases)` on K translator heads under bf16 autocast, and
 `.backward()` (benchmarks/feed_loss_impls.py lists the implementations; benchmarks/feed_loss_shapes.py the
@@ -14,6 +15,14 @@ limits, extra peak memory, kernels per step and GPU-busy time (torch.profiler), 
 figures the CPU measures for real: bytes saved for backward (beyond the step's own inputs) and launches per
 step (Triton kernels + aten ops that launch work), the latter also for K = 1..4 teachers.
 Speed is reported, never asserted. The JSON is rewritten after every case, so a run cut short keeps its rows.
+
+Times exclude compilation: after the first call (compiles, autotunes) each case is warmed up (at least --warmup
+steps) until Dynamo compiles nothing more (`warmup_steps`), and a timing during which something compiled is
+redone (`retimed`) or left out (null). Without a GPU the triton and hybrid rows run their kernels in Triton's
+interpreter (TRITON_INTERPRET=1 is set before the kernels are imported unless the environment says otherwise):
+each such row says `triton_interpreter: true` in the JSON and `[triton-interpreter]` in the table, and its times
+are the interpreter's. GPU runs of the full grid write benchmarks/results/; smoke and CPU runs
+benchmarks/results/local/ (ignored by git), or --out.
 """
 
 from __future__ import annotations
@@ -23,13 +32,26 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from gpu_check_report import (
+    INTERPRETER_LABEL,
+    LOCAL_RESULTS_DIR,
+    RESULTS_DIR,
+    choose_triton_mode,
+    help_texts,
+    kernels_interpreted,
+    now_utc,
+    slug,
+    source_record,
+)
+
+choose_triton_mode()  # before feed_fast is imported: without a GPU the kernels run in Triton's interpreter
+
 from feed_loss_impls import (
     BASELINE,
     COMPILED_IMPLS,
@@ -60,13 +82,11 @@ from feed_loss_shapes import (
     rotation_sets,
     useful_flops,
 )
-from gpu_check_report import now_utc, slug, source_record
+from warmup import time_without_compiles, warm_up
 
 from feed_fast.environment import environment
 from feed_fast.runtime import resolve_device
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 SWEEP_TEACHERS = (1, 2, 3, 4)
 
 
@@ -91,30 +111,50 @@ def spread(times: list[float]) -> dict:
     return {"p20_ms": p20, "median_ms": statistics.median(times), "p80_ms": p80, "min_ms": min(times)}
 
 
-def time_steps(loss_fn: Callable, sets: list[StepInputs], device: torch.device, warmup: int, iters: int):
+def time_steps(loss_fn: Callable, sets: list[StepInputs], device: torch.device, warmup: int, iters: int,
+               max_warmup: int | None = None) -> tuple[list[float] | None, dict]:
     """Milliseconds per step, step i on input set i mod len(sets): CUDA events on a GPU (no host sync inside
-    the loop), perf_counter on the CPU."""
-    for i in range(warmup):
+    the loop), perf_counter on the CPU. Warm-up steps first, at least `warmup`, more (up to `max_warmup`) while
+    Dynamo still compiles; a timing with a compile in it is redone, and given up (None) if that keeps happening.
+    Returns (times or None, the warm-up record)."""
+    def step(i: int):
         training_step(loss_fn, sets[i % len(sets)])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for i, (start, end) in enumerate(events):
-            start.record()
-            training_step(loss_fn, sets[i % len(sets)])
-            end.record()
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
-    for i in range(iters):
-        begin = time.perf_counter()
-        training_step(loss_fn, sets[i % len(sets)])
-        times.append(1e3 * (time.perf_counter() - begin))
-    return times
+
+    def warm(start: int) -> dict:
+        record = warm_up(step, min_steps=warmup, max_steps=max_warmup or warmup, quiet_steps=1 if warmup else 0,
+                         start=start)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return record
+
+    def timed(start: int) -> list[float]:
+        if device.type == "cuda":
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(iters)]
+            for i, (begin, end) in enumerate(events, start=start):
+                begin.record()
+                step(i)
+                end.record()
+            torch.cuda.synchronize(device)
+            return [begin.elapsed_time(end) for begin, end in events]
+        times = []
+        for i in range(start, start + iters):
+            begin = time.perf_counter()
+            step(i)
+            times.append(1e3 * (time.perf_counter() - begin))
+        return times
+
+    warmed = warm(0)
+    times, record = time_without_compiles(timed, warm)
+    return times, {**warmed, **record}
 
 
-def roofline(shape: ShapeSet, kernel_size: int, median_ms: float, device_name: str) -> dict:
-    """Achieved TFLOP/s (useful FLOPs) and GB/s (minimum bytes), and their fractions of the H100's limits."""
+def roofline(shape: ShapeSet, kernel_size: int, median_ms: float | None, device_name: str) -> dict:
+    """Achieved TFLOP/s (useful FLOPs) and GB/s (minimum bytes), and their fractions of the H100's limits
+    (None without a time)."""
+    if median_ms is None:
+        return dict.fromkeys(("achieved_tflops", "achieved_gbps", "tflops_fraction_of_limit",
+                              "gbps_fraction_of_limit"))
     seconds = median_ms / 1e3
     tflops = useful_flops(shape, kernel_size) / seconds / 1e12
     gbps = minimum_bytes(shape, kernel_size) / seconds / 1e9
@@ -137,19 +177,33 @@ def run_case(case: Case, args, device: torch.device, skip_kernels: str | None) -
         "note": None,
     }
     if case.impl in KERNEL_IMPLS and skip_kernels:
-        return {**record, "status": "skipped", "note": skip_kernels}
+        return {**record, "status": "skipped", "note": skip_kernels, "triton_interpreter": False}
     n_sets = args.sets or (rotation_sets(case.shape, case.kernel_size) if device.type == "cuda" else 2)
     try:
         sets = [make_inputs(case.shape, case.kernel_size, device, case.layout, seed=i) for i in range(n_sets)]
         loss_fn = make_loss_fn(case.impl, args.compile_backend)
         loss = training_step(loss_fn, sets[0]).item()  # first call: compiles / autotunes outside the timing
-        times = time_steps(loss_fn, sets, device, args.warmup, args.iters)
+        times, warmed = time_steps(loss_fn, sets, device, args.warmup, args.iters, args.max_warmup)
     except Exception as error:  # noqa: BLE001 -- one failing case must not hide the others' numbers
         return {**record, "status": "error", "note": f"{type(error).__name__}: {error}"}
-    record.update(sets=n_sets, iters=len(times), loss=loss, **spread(times))
-    record.update(roofline(case.shape, case.kernel_size, record["median_ms"], args.device_name))
+    record.update(sets=n_sets, loss=loss, **warmed, timing_excludes_compilation=times is not None)
+    if times is None:
+        record.update(iters=0, p20_ms=None, median_ms=None, p80_ms=None, min_ms=None,
+                      note="Dynamo compiled during every timing: no time is reported")
+        record.update(roofline(case.shape, case.kernel_size, None, args.device_name))
+    else:
+        record.update(iters=len(times), **spread(times))
+        record.update(roofline(case.shape, case.kernel_size, record["median_ms"], args.device_name))
     record.update(run_probes(loss_fn, sets, device, args.profile_steps, count=case.impl not in COMPILED_IMPLS))
+    record["triton_interpreter"] = runs_in_interpreter(case.impl, record.get("resolved_plan"))
     return record
+
+
+def runs_in_interpreter(impl: str, plan: str | None) -> bool:
+    """A row whose step ran feed_fast's Triton kernels (triton, hybrid, or auto when it picked one of them)
+    while they are decorated for Triton's interpreter."""
+    uses_kernels = impl in KERNEL_IMPLS or plan in KERNEL_IMPLS
+    return uses_kernels and kernels_interpreted()
 
 
 def run_probes(loss_fn: Callable, sets: list[StepInputs], device, profile_steps: int, count: bool) -> dict:
@@ -261,17 +315,18 @@ def summarize(results: list[dict]) -> list[dict]:
                 "saved_extra_ratio": ratio((r.get("saved_for_backward") or {}).get("extra_bytes"), eager_saved),
                 # A benchmark of wrong numbers is worthless: how far each loss is from the baseline's.
                 "loss_rel_diff": ratio(abs(r["loss"] - eager["loss"]), abs(eager["loss"])) if eager else None,
+                "triton_interpreter": r.get("triton_interpreter", False),
             }
         rows.append(row)
     return rows
 
 
 def default_out(device: torch.device, smoke: bool) -> Path:
-    """GPU full runs are results worth committing; anything else goes to a temp dir."""
+    """GPU full runs are results worth committing; anything else goes to the ignored benchmarks/results/local/."""
     if device.type == "cuda" and not smoke:
         return RESULTS_DIR / f"feed_loss_{slug(torch.cuda.get_device_name(device))}.json"
     suffix = "smoke" if smoke else "full"
-    return Path(tempfile.gettempdir()) / "feed_fast_bench" / f"feed_loss_{device.type}_{suffix}.json"
+    return LOCAL_RESULTS_DIR / f"feed_loss_{device.type}_{suffix}.json"
 
 
 def write_json(path: Path, report: dict) -> None:
@@ -285,22 +340,27 @@ def fmt(value, spec=".3f", unit="") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+def impl_label(impl: str, interpreted: bool) -> str:
+    return f"{impl} [{INTERPRETER_LABEL}]" if interpreted else impl
+
+
 def print_report(report: dict) -> None:
-    print(f"{'shape':<22} {'k':>1} {'layout':<13} {'impl':<23} {'median ms':>10} {'p20-p80':>17} "
-          f"{'TFLOP/s':>8} {'peak MiB':>8} {'saved+ KiB':>10} {'launch':>6}")
+    print(f"{'shape':<22} {'k':>1} {'layout':<13} {'impl':<32} {'median ms':>10} {'p20-p80':>17} "
+          f"{'TFLOP/s':>8} {'peak MiB':>8} {'saved+ KiB':>10} {'launch':>6} {'warm-up':>7}")
     for r in report["results"]:
-        head = f"{r['shape']:<22} {r['kernel_size']:>1} {r['layout']:<13} {r['impl']:<23}"
+        head = (f"{r['shape']:<22} {r['kernel_size']:>1} {r['layout']:<13} "
+                f"{impl_label(r['impl'], r.get('triton_interpreter', False)):<32}")
         if r["status"] != "ok":
             print(f"{head} {r['status']}: {r['note']}")
             continue
         saved = (r.get("saved_for_backward") or {}).get("extra_bytes")
         launches = (r.get("launches") or {}).get("total")
-        print(f"{head} {r['median_ms']:>10.3f} {fmt(r['p20_ms']):>8}-{fmt(r['p80_ms']):<8} "
+        print(f"{head} {fmt(r['median_ms']):>10} {fmt(r['p20_ms']):>8}-{fmt(r['p80_ms']):<8} "
               f"{fmt(r['achieved_tflops'], '.2f'):>8} {fmt(r.get('peak_extra_mib'), '.1f'):>8} "
-              f"{fmt(saved and saved / 1024, '.1f'):>10} {fmt(launches, 'd'):>6}")
+              f"{fmt(saved and saved / 1024, '.1f'):>10} {fmt(launches, 'd'):>6} {r['warmup_steps']:>7}")
     for row in report["summary"]:
         for impl, s in row["vs_eager"].items():
-            print(f"{row['shape']} k={row['kernel_size']} {row['layout']} {impl}: "
+            print(f"{row['shape']} k={row['kernel_size']} {row['layout']} {impl_label(impl, s['triton_interpreter'])}: "
                   f"{fmt(s['speedup'], '.2f', 'x')} vs eager, {fmt(s['speedup_vs_compile'], '.2f', 'x')} vs compile, "
                   f"saved-for-backward {fmt(s['saved_extra_ratio'], '.4f', 'x')} of eager's")
     for sweep in report["launches_vs_teachers"]:
@@ -310,7 +370,7 @@ def print_report(report: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**help_texts(__doc__))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", default=None, help="tiny shapes (default without a GPU)")
     mode.add_argument("--full", dest="smoke", action="store_false", help="the real shapes (default on a GPU)")
@@ -319,7 +379,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     parser.add_argument("--kernel-sizes", nargs="+", type=int, choices=KERNEL_SIZES, default=list(KERNEL_SIZES))
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
-    parser.add_argument("--warmup", type=int, help="untimed steps per case after the first (default 10; smoke 0)")
+    parser.add_argument("--warmup", type=int, help="least untimed steps per case after the first, more while "
+                        "something still compiles (default 10; smoke 0)")
+    parser.add_argument("--max-warmup", type=int, help="most untimed steps per case while something still compiles "
+                        "(default 40; smoke 5)")
     parser.add_argument("--iters", type=int, help="timed steps per case (default 50; smoke 2)")
     parser.add_argument("--sets", type=int, help="input sets to rotate (default: 2x the H100 L2 on a GPU, 2 on CPU)")
     parser.add_argument("--profile-steps", type=int, help="steps under torch.profiler on a GPU (default 5; 0: off)")
@@ -335,7 +398,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", help="torch.compile backend (default inductor on a GPU, aot_eager on "
                         "the CPU, where Inductor's C++ build takes 15-30 s per shape)")
     args = parser.parse_args(argv)
-    for name, low in (("warmup", 0), ("iters", 1), ("sets", 1), ("profile_steps", 0)):
+    for name, low in (("warmup", 0), ("max_warmup", 0), ("iters", 1), ("sets", 1), ("profile_steps", 0)):
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
@@ -347,6 +410,7 @@ def main(argv=None) -> int:
     device = resolve_device()
     smoke = device.type != "cuda" if args.smoke is None else args.smoke
     args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 10)
+    args.max_warmup = max(args.warmup, args.max_warmup if args.max_warmup is not None else (5 if smoke else 40))
     args.iters = args.iters if args.iters is not None else (2 if smoke else 50)
     args.profile_steps = args.profile_steps if args.profile_steps is not None else (0 if smoke else 5)
     args.compile_backend = args.compile_backend or default_compile_backend(device)
@@ -381,11 +445,15 @@ def main(argv=None) -> int:
         **env,
         "source": source_record(),
         "settings": {
-            "warmup": args.warmup, "iters": args.iters, "sets": args.sets or "auto", "profile_steps": args.profile_steps,
+            "warmup": args.warmup, "max_warmup": args.max_warmup, "iters": args.iters, "sets": args.sets or "auto",
+            "profile_steps": args.profile_steps,
+            "warmup_rule": "after the first call, at least `warmup` steps and on until a step compiles nothing "
+                           "(Dynamo's count); a timing with a compile in it is redone or left out",
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
             "statistics": ["p20", "median", "p80", "min"],
             "compile_backend": args.compile_backend,
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
+            "kernels_interpreted": kernels_interpreted(),
             "autocast_dtype": dtype_name(AUTOCAST_DTYPE),
             "beta": BETA, "negative_slope": NEGATIVE_SLOPE, "reduction": "mean",
             "baseline": BASELINE,
@@ -425,6 +493,9 @@ def main(argv=None) -> int:
         sweep = launch_sweep(sweep_shape, args.kernel_sizes[0], layout, args.impls, device, skip_kernels, args)
         report["launches_vs_teachers"].append(sweep)
         write_json(out, report)
+    if any(r.get("triton_interpreter") for r in report["results"]):
+        notes.append(f"rows marked [{INTERPRETER_LABEL}] (triton_interpreter: true) ran feed_fast's Triton kernels "
+                     "in Triton's interpreter: their times are the interpreter's, not a GPU's")
     report["wall_s"] = time.monotonic() - started
     write_json(out, report)
     print_report(report)

@@ -1,13 +1,14 @@
-"""The pFEED training step against its floor, measured in one run: for each step mode (eager, and the compiled
-step, `train.compile: step`, CUDA-graph replays on a GPU), the engine's own parts alone
+"""Times the pFEED training step against its floor, the engine's own parts alone, in each step mode (eager, and
+the compiled step, `train.compile: step`, replayed as a CUDA graph on a GPU), in one run.
 
+The parts:
     (a) student_step         the student's training step (method baseline: forward, CE, backward, update)
     (b) teachers_forward     the K teachers' forward (on their streams on a GPU), waited for
     (d) translators          the K translators' forward + backward as pFEED runs them (grouped bodies + the
                              FEED loss with its heads), from a student map and the teachers' maps
     (c) pfeed_step           the whole pFEED step
 
-and the ratios c / (a + b + d) in time, in dispatched ops (host-issued operator calls and compiled kernels,
+It reports the ratios c / (a + b + d) in time, in dispatched ops (host-issued operator calls and compiled kernels,
 torch.profiler; see step_profile.py) and in host CPU time. In the compiled mode each part is compiled the same
 way (and on a GPU replayed from a CUDA graph), so the floor is what the same machinery does with the parts
 alone. Synthetic data, random weights (speed does not depend on them). Speed is reported, never asserted.
@@ -17,7 +18,15 @@ alone. Synthetic data, random weights (speed does not depend on them). Speed is 
     python benchmarks/bench_step.py --preset smoke       # tiny models, both modes (the CPU figures)
     python benchmarks/bench_step.py --smoke              # plumbing check: tiny models, eager only, few steps
 
-GPU runs of a named preset write benchmarks/results/step_<preset>_<gpu>.json; others a temp file (or --out).
+Every timed figure excludes compilation: each part is warmed up (at least --warmup calls) until Dynamo compiles
+nothing more and, in the compiled mode on a GPU, the step's CUDA graph is captured; the calls that took are
+recorded (`warmup_steps`), and a timing during which something compiled is redone (`retimed`) or, failing that,
+left out (null). Times are medians (`ms` keeps the mean). Without a GPU the Triton kernels run in Triton's
+interpreter (--backend triton or hybrid): such a mode is labelled `triton_interpreter: true` and
+`[triton-interpreter]` in the table, and its times are the interpreter's, not a GPU's.
+
+GPU runs of a named preset write benchmarks/results/step_<preset>_<gpu>.json; others (smoke, CPU) write
+benchmarks/results/local/ (ignored by git), or --out.
 """
 from __future__ import annotations
 
@@ -26,12 +35,29 @@ import contextlib
 import itertools
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_report import (
+    INTERPRETER_LABEL,
+    LOCAL_RESULTS_DIR,
+    RESULTS_DIR,
+    choose_triton_mode,
+    help_texts,
+    kernels_interpreted,
+    slug,
+    source_record,
+)
+
+choose_triton_mode()  # without a GPU the kernels (--backend triton/hybrid) run in Triton's interpreter
+
+from feed_loss_probes import count_triton_launches
+from step_profile import inductor_kernel_profiling, profile_steps
+from warmup import time_without_compiles, warm_up
 
 from feed_fast.config import RunConfig
 from feed_fast.engine.data import build_loaders
@@ -42,11 +68,6 @@ from feed_fast.models import build_model
 from feed_fast.runtime import DEVICES, PRECISIONS, open_runtime, resolve_device
 from feed_fast.runtime.timing import SECTIONS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check_report import slug, source_record
-from step_profile import inductor_kernel_profiling, profile_steps
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BEFORE = RESULTS_DIR / "step_ops_before_issue11_cpu.json"  # dispatched ops per step measured before issue #11
 PRESETS = {  # student, teacher, K, batch, image size, classes, model kwargs
     "imagenet": {"student": "resnet18", "teacher": "resnet34", "teachers": 3, "batch": 256, "image_size": 224,
@@ -151,29 +172,53 @@ def probe_inputs(step: TrainStep, images: torch.Tensor) -> tuple[torch.Tensor, l
     return feature.detach().clone(), maps
 
 
-def measure(fn: Callable[[int], object], args, device: torch.device) -> dict:
-    """`warmup` untimed calls, then `iters` timed ones (wall time per call, synchronized on a GPU), then the
-    profiler over `profile_steps` more."""
-    for i in range(args.warmup):
-        fn(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    times = []
-    for i in range(args.iters):
-        start = time.perf_counter()
-        fn(i)
+def measure(fn: Callable[[int], object], args, device: torch.device,
+            steady: Callable[[], bool] = lambda: True) -> dict:
+    """Warm-up calls until nothing compiles any more (at least `warmup`; see warmup.py), then `iters` timed ones
+    (wall time per call, synchronized on a GPU; redone if something compiled meanwhile), then the profiler over
+    `profile_steps` more. Times never include a compile: when every try compiled, they are None."""
+    def synchronize():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    result = {"ms": sum(times) / len(times), "median_ms": times[len(times) // 2],
-              "p20_ms": times[int(0.2 * (len(times) - 1))], "p80_ms": times[int(0.8 * (len(times) - 1))]}
+
+    def warm(start: int) -> dict:
+        record = warm_up(fn, min_steps=args.warmup, max_steps=args.max_warmup, steady=steady, start=start)
+        synchronize()
+        return record
+
+    def timed(start: int) -> list[float]:
+        times = []
+        for i in range(start, start + args.iters):
+            begin = time.perf_counter()
+            fn(i)
+            synchronize()
+            times.append((time.perf_counter() - begin) * 1e3)
+        return times
+
+    warmed = warm(0)
+    times, timing = time_without_compiles(timed, warm)
+    result = {**warmed, **timing, "timing_excludes_compilation": times is not None}
+    if times is None:
+        result.update(ms=None, median_ms=None, p20_ms=None, p80_ms=None)
+    else:
+        times.sort()
+        result.update(ms=sum(times) / len(times), median_ms=times[len(times) // 2],
+                      p20_ms=times[int(0.2 * (len(times) - 1))], p80_ms=times[int(0.8 * (len(times) - 1))])
     if args.profile_steps:
         profiled = profile_steps(fn, args.profile_steps, device)
         result.update({k: profiled[k] for k in ("dispatched_ops", "host_cpu_ms", "dispatched_by_op")})
         if "cuda_launches" in profiled:
             result["cuda_launches"] = profiled["cuda_launches"]
     return result
+
+
+def graph_captured(step: TrainStep) -> Callable[[], bool]:
+    """steady() for warm_up: True once the compiled step's CUDA graph is captured (always, when it has none)."""
+    def steady() -> bool:
+        replay = getattr(getattr(step, "compiled", None), "graph", None)
+        return replay is None or getattr(replay, "graph", None) is not None
+
+    return steady
 
 
 def measure_mode(mode: str, preset: dict, args, device: torch.device) -> dict:
@@ -200,10 +245,16 @@ def measure_mode(mode: str, preset: dict, args, device: torch.device) -> dict:
             "translators": lambda i: translators(feature, *maps),
             "pfeed_step": lambda i: pfeed(*batches[i % BATCH_SETS]),
         }
+        steady = {"student_step": graph_captured(baseline), "pfeed_step": graph_captured(pfeed)}
         parts = {}
         for name in PARTS:
-            parts[name] = measure(calls[name], args, device)
-            parts[name]["images_per_sec"] = preset["batch"] / parts[name]["ms"] * 1e3
+            parts[name] = measure(calls[name], args, device, steady.get(name, lambda: True))
+            median = parts[name]["median_ms"]
+            parts[name]["images_per_sec"] = preset["batch"] / median * 1e3 if median else None
+        # one more pFEED step with Triton's launches counted: does this mode run our kernels (and where)?
+        with count_triton_launches() as launches:
+            calls["pfeed_step"](0)
+        triton_launches = sum(launches.values())
         for name, step in (("student_step", baseline), ("pfeed_step", pfeed)):
             step.timer.reset()  # the sections of the profiled steps only are not wanted: measure a few clean ones
             for i in range(max(args.iters, 1)):
@@ -218,6 +269,9 @@ def measure_mode(mode: str, preset: dict, args, device: torch.device) -> dict:
             "optimizer_impl": "fused" if pfeed.optimizer.defaults.get("fused") else
             ("foreach" if pfeed.optimizer.defaults.get("foreach") else "default"),
             "feed_backend": pfeed_cfg.method.backend,
+            "triton_launches_per_pfeed_step": triton_launches,
+            # the times of a mode whose step launched Triton kernels in the interpreter are the interpreter's
+            "triton_interpreter": bool(triton_launches) and kernels_interpreted(),
             "translator_bodies": len(pfeed.distiller.feed.translators.bodies),
             "parts": parts,
             "floor": floor_ratios(parts),
@@ -233,7 +287,7 @@ def floor_ratios(parts: dict) -> dict:
     out = {}
     for key, label in (("median_ms", "time"), ("dispatched_ops", "dispatched_ops"), ("host_cpu_ms", "host_cpu"),
                        ("cuda_launches", "cuda_launches")):
-        if all(key in parts[p] for p in PARTS):
+        if all(parts[p].get(key) is not None for p in PARTS):
             floor = sum(parts[p][key] for p in ("student_step", "teachers_forward", "translators"))
             out[label] = ratio(parts["pfeed_step"][key], floor)
     return out
@@ -251,13 +305,16 @@ def before_issue_11(name: str, preset: dict, args, device: torch.device) -> dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**help_texts(__doc__))
     parser.add_argument("--preset", choices=sorted(PRESETS), help="default: imagenet on a GPU, smoke on the CPU")
     parser.add_argument("--smoke", action="store_true", help="plumbing check: the smoke preset, eager only")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), help="default: eager step (--smoke: eager)")
     parser.add_argument("--teachers", type=int, help="number of teachers (default: the preset's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per part (default 10 GPU, 3 CPU)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="least untimed calls per part; more until nothing compiles (default 10 GPU, 3 CPU)")
+    parser.add_argument("--max-warmup", type=int, default=None,
+                        help="most untimed calls per part while something still compiles (default 60 GPU, 20 CPU)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per part (default 50 GPU, 5 CPU)")
     parser.add_argument("--profile-steps", type=int, default=None, help="profiled calls per part (default 3)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
@@ -282,6 +339,7 @@ def main(argv=None) -> int:
     preset["batch"] = args.batch or preset["batch"]
     modes = args.modes or (["eager"] if args.smoke else list(MODES))
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
+    args.max_warmup = max(args.warmup, args.max_warmup if args.max_warmup is not None else (60 if gpu else 20))
     args.iters = max(1, args.iters if args.iters is not None else (50 if gpu else 5))
     args.profile_steps = args.profile_steps if args.profile_steps is not None else 3
     results = {mode: measure_mode(mode, preset, args, device) for mode in modes}
@@ -293,14 +351,19 @@ def main(argv=None) -> int:
         "setting": {"student": preset["student"], "teacher": preset["teacher"], "teachers": preset["teachers"],
                     "batch": preset["batch"], "image_shape": [3, preset["image_size"], preset["image_size"]],
                     "model_kwargs": preset["kwargs"], "input_dtype": "float32", "num_classes": preset["classes"],
-                    "warmup": args.warmup, "iters": args.iters, "profile_steps": args.profile_steps,
+                    "warmup": args.warmup, "max_warmup": args.max_warmup, "iters": args.iters,
+                    "profile_steps": args.profile_steps,
                     "modes": modes, "parts": list(PARTS), "sections": list(SECTIONS)},
         "results": results,
         "step_over_eager_images_per_sec": ratio(
             results.get("step", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec"),
             results.get("eager", {}).get("parts", {}).get("pfeed_step", {}).get("images_per_sec")),
         "before_issue_11": before_issue_11(name, preset, args, device),
-        "notes": ("ms: mean wall time per call (synchronized on a GPU), median_ms/p20_ms/p80_ms its spread; "
+        "triton_interpreter": any(r["triton_interpreter"] for r in results.values()),
+        "notes": ("median_ms: median wall time per call (synchronized on a GPU), p20_ms/p80_ms its spread, ms the "
+                  "mean; images_per_sec from the median; every timed call comes after a warm-up that compiled "
+                  "nothing in its last calls (warmup_steps; compiles_in_warmup), and a timing with a compile in "
+                  "it is redone (retimed) or left out (null); "
                   "dispatched_ops and host_cpu_ms: torch.profiler over profile_steps calls (host_cpu_ms includes "
                   "the profiler's own cost); floor: pfeed_step / (student_step + teachers_forward + translators), "
                   "time from the medians; pfeed_step also updates the translators' parameters, which no part "
@@ -310,7 +373,7 @@ def main(argv=None) -> int:
     out = args.out
     if out is None:
         out = (RESULTS_DIR / f"step_{name}_{slug(report['device']['name'])}.json" if gpu and not args.smoke else
-               Path(tempfile.gettempdir()) / "feed_fast_bench" / f"step_{name}_{device.type}.json")
+               LOCAL_RESULTS_DIR / f"step_{name}_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print_report(report)
@@ -318,22 +381,35 @@ def main(argv=None) -> int:
     return 0
 
 
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def print_report(report: dict) -> None:
     for mode, result in report["results"].items():
-        print(f"[{mode}] {report['preset']} K={report['setting']['teachers']} B={report['setting']['batch']} "
-              f"{result['precision']}{' cuda-graph' if result['cuda_graph'] else ''}")
+        label = f" [{INTERPRETER_LABEL}]" if result["triton_interpreter"] else ""
+        print(f"[{mode}]{label} {report['preset']} K={report['setting']['teachers']} B={report['setting']['batch']} "
+              f"{result['precision']}{' cuda-graph' if result['cuda_graph'] else ''} "
+              f"(median of {report['setting']['iters']} calls after warm-up)")
         for name, part in result["parts"].items():
             ops = part.get("dispatched_ops")
-            print(f"  {name:17s} {part['ms']:9.3f} ms  {part['images_per_sec']:9.0f} img/s"
-                  + (f"  {ops:7.1f} ops  {part['host_cpu_ms']:8.3f} host ms" if ops is not None else ""))
+            timing = (f"{fmt(part['median_ms'], '9.3f')} ms  {fmt(part['images_per_sec'], '9.0f')} img/s"
+                      if part["timing_excludes_compilation"] else f"{'-':>9} ms  (compiled while timed: left out)")
+            print(f"  {name:17s} {timing}"
+                  + (f"  {ops:7.1f} ops  {part['host_cpu_ms']:8.3f} host ms" if ops is not None else "")
+                  + f"  warm-up {part['warmup_steps']} calls ({part['compiles_in_warmup']} compiles)")
         floor = " ".join(f"{k} {v:.3f}" for k, v in result["floor"].items() if v is not None)
         print(f"  c/(a+b+d): {floor}")
     if report["step_over_eager_images_per_sec"] is not None:
-        print(f"compiled step / eager pFEED step, images/s: {report['step_over_eager_images_per_sec']:.2f}x")
+        print(f"compiled step / eager pFEED step, images/s (medians, compilation excluded): "
+              f"{report['step_over_eager_images_per_sec']:.2f}x")
     before = report["before_issue_11"]
     if before is not None and "eager" in report["results"]:
         now = report["results"]["eager"]["parts"]["pfeed_step"].get("dispatched_ops")
         print(f"dispatched ops per pFEED step (eager): {now} now, {before['pfeed']} before issue #11")
+    if report["triton_interpreter"]:
+        print(f"note: modes marked [{INTERPRETER_LABEL}] ran the Triton kernels in Triton's interpreter: "
+              "their times are the interpreter's, not a GPU's")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
+from step_profile import quiet_profiler_logs  # a sibling: the script's folder is on sys.path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten ops that only allocate, alias or relabel memory: no kernel runs for them on any device.
@@ -107,6 +108,14 @@ def _counting_triton_launches(counter: collections.Counter, inside_kernel: list[
     finally:
         for cls, original in originals.items():
             cls.run = original
+
+
+@contextlib.contextmanager
+def count_triton_launches():
+    """Counts the Triton kernel launches made inside the block (compiled or interpreted), by kernel name."""
+    counter: collections.Counter[str] = collections.Counter()
+    with _counting_triton_launches(counter, [0]):
+        yield counter
 
 
 def count_launches(step: Callable[[], object]) -> dict:
@@ -216,17 +225,18 @@ def profile_device(step: Callable[[int], object], steps: int, device: torch.devi
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        begin = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        torch.cuda.synchronize(device)
-        wall_ms = 1e3 * (time.perf_counter() - begin)
-    events = [
-        (e.name, float(e.time_range.start), float(e.time_range.end))
-        for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA
-    ]
+    with quiet_profiler_logs():
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            begin = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            torch.cuda.synchronize(device)
+            wall_ms = 1e3 * (time.perf_counter() - begin)
+        events = [
+            (e.name, float(e.time_range.start), float(e.time_range.end))
+            for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA
+        ]
     summary = summarize_device_events(events, steps, wall_ms)
     if not events:
         summary["note"] = "the profiler saw no device events"

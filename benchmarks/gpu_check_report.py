@@ -1,13 +1,15 @@
 """The records benchmarks/gpu_check.sh writes beside the benchmark JSON: the machine, a pytest junit summary,
 and each part's status. Standard library + torch only, so it runs on a GPU machine's stock Python. The
 benchmark scripts take their shared record parts from here too: the device name as a file-name part (`slug`),
-the time (`now_utc`) and the commit measured (`source_record`).
+the time (`now_utc`), the commit measured (`source_record`), where runs that are not for committing go
+(`LOCAL_RESULTS_DIR`), whether the Triton kernels run in the interpreter (`choose_triton_mode`,
+`kernels_interpreted`) and the --help text (`description`).
 
     python benchmarks/gpu_check_report.py slug                     # device name as a file-name part
     python benchmarks/gpu_check_report.py env --out FILE           # device, versions, nvidia-smi, settings
     python benchmarks/gpu_check_report.py junit XML --out FILE     # counts and failures of a pytest run
-    python benchmarks/gpu_check_report.py status --part P --rc N --seconds S --limit-s L --log F --out FILE \
-        [--smoke] [--outputs FILE ...]
+    python benchmarks/gpu_check_report.py status --part P --rc N --seconds S --limit-s L --log F
+        --out FILE [--smoke] [--note TEXT] [--outputs FILE ...]    # one part's status record
 """
 
 from __future__ import annotations
@@ -19,14 +21,52 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"  # GPU runs of the real shapes: figures worth committing
+LOCAL_RESULTS_DIR = RESULTS_DIR / "local"  # smoke and CPU runs: ignored by git (.gitignore)
+INTERPRETER_LABEL = "triton-interpreter"  # what a row run in Triton's interpreter carries in tables and ids
 TIMEOUT_CODES = (124, 137)  # timeout(1): the limit was reached (137: killed after the grace period)
 NVIDIA_SMI_QUERY = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,compute_cap"
 ENV_SETTINGS = ("TRITON_INTERPRET", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_VISIBLE_DEVICES",
                 "OMP_WAIT_POLICY")
+
+
+def description(doc: str) -> str:
+    """A script's --help description: its docstring's first paragraph, whole (never cut mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def help_texts(doc: str) -> dict:
+    """ArgumentParser keywords for a script whose docstring is its help: the first paragraph as the
+    description, the rest (usage lines, notes) as the epilog, laid out as written."""
+    _, _, rest = doc.strip().partition("\n\n")
+    return {"description": textwrap.fill(description(doc), width=100), "epilog": textwrap.dedent(rest).strip() or None,
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def choose_triton_mode() -> str:
+    """Run the Triton kernels in the interpreter where no GPU is (TRITON_INTERPRET=1 unless set otherwise).
+    Call it before anything imports feed_fast: the mode is fixed when @triton.jit decorates a kernel."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return "interpreter" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "compiled"
+
+
+def kernels_interpreted() -> bool:
+    """True when feed_fast's Triton kernels were decorated for the interpreter (what runs, whatever the
+    environment says now); False when compiled or when triton is missing."""
+    try:
+        from feed_fast.kernels import feed_loss as kernels
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return False
+    return any(isinstance(value, InterpretedFunction) for value in vars(kernels).values())
 
 
 def now_utc() -> str:
@@ -129,6 +169,7 @@ def status_record(args) -> dict:
         "limit_s": args.limit_s,
         "log": args.log,
         "outputs": {path: Path(path).is_file() for path in args.outputs},
+        "note": args.note or None,
         "finished_utc": now_utc(),
     }
 
@@ -143,7 +184,7 @@ def write(record: dict, out: Path | None) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**help_texts(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("slug")
     env = commands.add_parser("env")
@@ -159,6 +200,7 @@ def main(argv=None) -> int:
     status.add_argument("--log", required=True)
     status.add_argument("--smoke", action="store_true")
     status.add_argument("--outputs", nargs="*", default=[])
+    status.add_argument("--note", default="", help="why the part did not run, when it did not")
     status.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "slug":

@@ -8,12 +8,19 @@
   GPU the same calls are what the CPU issues, so this is the launch-bound floor of a step.
 - cuda_launches (GPU only): the CUDA runtime's launch calls (kernels, and one per CUDA-graph replay).
 - host_cpu_ms: CPU time of the profiled steps' top-level events, per step (with the profiler's own overhead).
+
+The profiler's C++ side (Kineto) logs to the process's stderr each time it starts and stops (`USDT ...
+profiler_start`, `STAGE ... Completed Stage`, and on a machine without a GPU `gpuGetDeviceCount failed with
+code 35`): `quiet_profiler_logs()` keeps those lines out of the output and passes every other line on.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -30,6 +37,40 @@ CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "c
                  "cudaGraphLaunch", "cudaLaunchCooperativeKernel")
 # Inductor's kernels as the profiler names them: "graph_0_cpp_fused_relu_1" (C++), "triton_poi_fused_add_0" (GPU)
 INDUCTOR_KERNEL = re.compile(r"^(graph_\d+_)?(cpp_fused|triton_(poi|red|per|tem|for)_)")
+# Kineto's log lines: "USDT:2026-12-07 10:05:52 4546:4546 SyncActivityProfilerHandler.cpp:39] profiler_start"
+KINETO_LINE = re.compile(r"^(?P<level>[A-Z]+):\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ [\w.]+:\d+\] (?P<text>.*)$")
+KINETO_NOISE_LEVELS = ("USDT", "STAGE", "INFO", "VERBOSE")  # start/stop markers and progress: never news
+KINETO_NOISE_TEXT = ("gpuGetDeviceCount failed",)  # the CPU-only machine has no GPU to count: expected
+
+
+def is_profiler_noise(line: str) -> bool:
+    """A Kineto log line that says nothing about the measurement (see the module docstring)."""
+    match = KINETO_LINE.match(line.strip())
+    if match is None:
+        return False
+    return match["level"] in KINETO_NOISE_LEVELS or match["text"].startswith(KINETO_NOISE_TEXT)
+
+
+@contextlib.contextmanager
+def quiet_profiler_logs():
+    """Capture the process's stderr (file descriptor 2, where Kineto writes) while the profiler runs; on exit,
+    write back every line but Kineto's noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not is_profiler_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @functools.cache
@@ -95,14 +136,15 @@ def profile_steps(step: Callable[[int], object], steps: int, device: torch.devic
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    with profile(activities=activities) as prof:
-        begin = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall_ms = (time.perf_counter() - begin) * 1e3
-    counted = count_events(prof.events())
+    with quiet_profiler_logs():
+        with profile(activities=activities) as prof:
+            begin = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall_ms = (time.perf_counter() - begin) * 1e3
+        counted = count_events(prof.events())
     by_op = {name: n / steps for name, n in sorted(counted["ops"].items())}
     result = {
         "steps": steps,

@@ -10,7 +10,8 @@ kernel and layout, grouped per shape (the grid of benchmarks/feed_loss_shapes.py
 Each case first checks that its loss matches the eager baseline's, so nothing wrong is ever timed. On a GPU
 every step ends with a synchronize (pytest-benchmark's clock is the host's) and steps rotate among input sets
 spanning twice the H100's L2; on the CPU the Triton cases run in the interpreter: figures prove the suite,
-not the op's speed. The JSON script (bench_feed_loss.py) adds what a timer cannot give: memory, saved bytes,
+not the op's speed, and those cases say so in their name (`...-triton-triton-interpreter`, which is what
+pytest-benchmark's table shows) and in `extra_info["triton_interpreter"]`. The JSON script (bench_feed_loss.py) adds what a timer cannot give: memory, saved bytes,
 launches and the device profile.
 """
 
@@ -40,10 +41,18 @@ from feed_loss_shapes import (
     rotation_sets,
     useful_flops,
 )
+from gpu_check_report import INTERPRETER_LABEL, kernels_interpreted
 
 from feed_fast.runtime import resolve_device
 
 DEVICE = resolve_device()
+INTERPRETED = kernels_interpreted()  # benchmarks/conftest.py chose the interpreter where no GPU is
+
+
+def case_id(shape, kernel_size: int, layout: str, impl: str) -> str:
+    """The case's name; a case run in Triton's interpreter carries the label, so every table shows it."""
+    label = f"-{INTERPRETER_LABEL}" if INTERPRETED and impl in KERNEL_IMPLS else ""
+    return f"{shape.name}-k{kernel_size}-{layout}-{impl}{label}"
 
 
 def grid(config) -> list:
@@ -55,7 +64,7 @@ def grid(config) -> list:
         pytest.param(
             shape, kernel_size, layout, impl,
             marks=pytest.mark.benchmark(group=f"{shape.name} k{kernel_size} {layout}"),
-            id=f"{shape.name}-k{kernel_size}-{layout}-{impl}",
+            id=case_id(shape, kernel_size, layout, impl),
         )
         for shape in shapes
         for kernel_size in KERNEL_SIZES
@@ -96,6 +105,7 @@ def test_feed_loss_step(benchmark, shape, kernel_size, layout, impl):
     benchmark.extra_info.update(
         shape=shape.name, batch=shape.batch, head_input_width=shape.width, teachers=[list(t) for t in shape.teachers],
         kernel_size=kernel_size, layout=layout, impl=impl, input_sets=n_sets,
+        triton_interpreter=INTERPRETED and impl in KERNEL_IMPLS,
         dtypes={"features": str(FEATURE_DTYPE), "heads": str(HEAD_DTYPE), "autocast": "bfloat16"},
         useful_flops=useful_flops(shape, kernel_size), minimum_bytes=minimum_bytes(shape, kernel_size),
     )
