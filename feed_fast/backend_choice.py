@@ -32,6 +32,38 @@ LAUNCH_SECONDS = 10e-6  # host time to issue one kernel or cuDNN call from Pytho
 
 
 @dataclass(frozen=True)
+class GPU:
+    """An SM's resources, as the occupancy rules of the CUDA C++ Programming Guide (table "Technical
+    Specifications per Compute Capability") count them."""
+
+    sms: int
+    registers_per_sm: int
+    register_unit: int  # registers are allocated per warp, in units of this many
+    max_registers_per_thread: int
+    shared_bytes_per_sm: int  # what CTAs can be given in all
+    shared_reserved_per_cta: int  # the driver's own share per resident CTA
+    max_warps_per_sm: int
+    max_ctas_per_sm: int
+
+
+# H100 SXM (compute capability 9.0): 132 SMs (seen on the lent machine, FIELD_NOTES); 64K registers, 256-register
+# warp allocation unit, 228 KB shared memory per SM of which 1 KB per CTA is reserved, 64 warps and 32 CTAs per SM
+# (CUDA C++ Programming Guide, compute capability 9.0; the same figures as the CUDA occupancy calculator's).
+H100 = GPU(sms=132, registers_per_sm=65536, register_unit=256, max_registers_per_thread=255,
+           shared_bytes_per_sm=228 * 1024, shared_reserved_per_cta=1024, max_warps_per_sm=64, max_ctas_per_sm=32)
+
+
+def ctas_per_sm(registers: int, shared_bytes: int, num_warps: int, gpu: GPU = H100) -> int:
+    """How many CTAs of a compiled kernel one SM holds at once: the least of what its registers (per thread,
+    as ptxas reports them), shared memory, warps and the CTA limit allow."""
+    per_warp = -(-registers * 32 // gpu.register_unit) * gpu.register_unit
+    by_registers = (gpu.registers_per_sm // per_warp) // num_warps if per_warp else gpu.max_ctas_per_sm
+    by_shared = gpu.shared_bytes_per_sm // (shared_bytes + gpu.shared_reserved_per_cta)
+    by_warps = gpu.max_warps_per_sm // num_warps
+    return max(0, min(by_registers, by_shared, by_warps, gpu.max_ctas_per_sm))
+
+
+@dataclass(frozen=True)
 class HeadShape:
     """One teacher's head as the cost model sees it. kernel 0: no head conv (identity)."""
 
