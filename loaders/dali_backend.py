@@ -33,6 +33,7 @@ from .transforms import val_resize_size
 
 PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
 READ_AHEAD = 3  # batches of encoded files read from disk ahead of DALI
+HEADER_BYTES = 1 << 16  # where a JPEG's frame header is looked for (after EXIF and ICC segments); else Pillow
 
 
 def torchvision_val_geometry(encoded, shorter: int, crop: int):
@@ -86,8 +87,35 @@ def read_encoded(paths: list[str]) -> list[np.ndarray]:
     return [np.fromfile(path, dtype=np.uint8) for path in paths]
 
 
+def jpeg_frame_size(head: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header (SOF marker), found by walking the marker segments in
+    `head` (the file's first bytes); None when `head` is not a JPEG or ends before the frame header."""
+    if head[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            at += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15: not DHT, JPG, DAC
+            height, width = int.from_bytes(head[at + 5:at + 7], "big"), int.from_bytes(head[at + 7:at + 9], "big")
+            return (height, width) if height and width else None  # height 0: defined later (DNL), rare
+        else:
+            at += 2 + int.from_bytes(head[at + 2:at + 4], "big")
+    return None
+
+
 def header_size(encoded: np.ndarray) -> tuple[int, int]:
-    """(height, width) of an encoded image, as Pillow reads it from the header without decoding the pixels."""
+    """(height, width) of an encoded image as Pillow reports it (the stored pixels, EXIF rotation not applied),
+    without decoding: a JPEG's frame header read directly (a few microseconds), other files through Pillow's
+    lazy open (about 0.1 ms)."""
+    size = jpeg_frame_size(encoded[:HEADER_BYTES].tobytes())
+    if size is not None:
+        return size
     with Image.open(io.BytesIO(encoded.tobytes())) as image:
         width, height = image.size
     return height, width

@@ -63,6 +63,28 @@ def test_a_crop_is_torchvisions_rule_drawn_from_the_samples_own_seed():
 
 
 @needs_dali
+def test_the_header_size_is_pillows_size_without_decoding(folder, tmp_path):
+    import numpy as np
+    from feed_fast.loaders.dali_backend import header_size, jpeg_frame_size
+    from PIL import Image
+
+    with Image.open(os.path.join(folder, "train", "rocket", "003.jpg")) as photo:
+        photo = photo.convert("RGB")
+    extra = {"progressive.jpg": {"progressive": True}, "image.png": {},
+             "big-icc.jpg": {"icc_profile": bytes(70000)}}  # the frame header after 64 KiB: Pillow reads it
+    for name, options in extra.items():
+        photo.save(tmp_path / name, **options)
+    files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names] + [
+        str(tmp_path / name) for name in extra]
+    for path in files:  # grayscale, CMYK and EXIF-tagged JPEGs among them
+        encoded = np.fromfile(path, np.uint8)
+        with Image.open(path) as image:
+            assert header_size(encoded) == (image.height, image.width), path
+    assert jpeg_frame_size(np.fromfile(tmp_path / "progressive.jpg", np.uint8).tobytes()) == (57, 80)
+    assert jpeg_frame_size(np.fromfile(tmp_path / "image.png", np.uint8).tobytes()) is None
+
+
+@needs_dali
 def test_both_backends_crop_the_same_boxes_and_give_the_same_images(folder, monkeypatch):
     drawn_by_torchvision = {}  # seed -> crop, as the torchvision workers (here: this process) draw them
 
