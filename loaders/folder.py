@@ -93,7 +93,8 @@ def scan_split(split_dir: str, classes: Sequence[str] | None = None, *, classes_
         # usually means a broken copy of the data set.
         raise FileNotFoundError(f"{len(empty)} class folder(s) in {split_dir} hold no image files "
                                 f"({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty[:10])}")
-    absent = [name for name in classes if name not in set(found)]
+    present = set(found)
+    absent = [name for name in classes if name not in present]
     return FolderIndex(split_dir, classes, paths, labels, absent)
 
 
@@ -112,9 +113,10 @@ class FolderLoader(EpochLoader):
         train_dir = os.path.join(root, "train")
         if classes is None and split != "train" and os.path.isdir(train_dir):
             classes = class_folders(train_dir)
-        self.index = scan_split(os.path.join(root, split), classes, classes_from=train_dir)
-        if self.index.absent:
-            warnings.warn(absent_classes_line(self.index.absent, self.index.root), RuntimeWarning, stacklevel=4)
+        self.index = scan_split(os.path.join(root, split), classes,
+                                classes_from=train_dir if os.path.isdir(train_dir) else "")
+        if self.index.absent:  # stacklevel: build_loader's caller
+            warnings.warn(absent_classes_line(self.index.absent, self.index.root), RuntimeWarning, stacklevel=5)
         super().__init__(split=split, batch_size=batch_size, num_classes=len(self.index.classes), **common)
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
