@@ -2,9 +2,10 @@
 shuffle, shard and resume alike), decoded by nvJPEG on the GPU ("mixed"; the hardware decoder where
 the GPU has one) or on the CPU in DALI's CPU-only mode, cropped, flipped and normalized inside DALI.
 
-Training crops are drawn on the host, from each sample's own seed (`FolderLoader.train_crop`, the function
-the torchvision backend calls too), with the image's size read from its header (cached per file); DALI
-decodes only that window (`decoders.image_slice`, nvJPEG's ROI decode on the GPU) and mirrors it as told.
+Training crops are drawn on the host, from each sample's own seed (`transforms.train_crop` with
+`FolderLoader.sample_seed`, as in the torchvision backend), with the image's size read from its header
+(cached per file); DALI decodes only that window (`decoders.image_slice`, nvJPEG's ROI decode on the GPU)
+and mirrors it as told.
 Nothing in the pipeline is random, so a resumed epoch repeats the uninterrupted one crop for crop.
 
 One DALI pipeline serves one pass over an epoch's batches (built at the start of the pass: far cheaper
