@@ -194,7 +194,8 @@ def test_native_log_lines_are_held_and_everything_else_passes(capfd):
 
 
 @needs_dali
-def test_feed_fast_train_stopped_mid_epoch_and_resumed_on_dali_matches_the_uninterrupted_run(tmp_path, capsys):
+def test_feed_fast_train_stopped_mid_epoch_and_resumed_on_dali_matches_the_uninterrupted_run(tmp_path, capsys,
+                                                                                            one_torch_thread):
     """The issue's case: `feed-fast train` on an image folder with the DALI backend (what `make` installs and
     data.backend=auto picks), SIGINT in the middle of an epoch, then --resume: the same losses and top-1."""
     root = tmp_path / "data"
@@ -211,7 +212,6 @@ def test_feed_fast_train_stopped_mid_epoch_and_resumed_on_dali_matches_the_unint
         return [(r["epoch"], r["loss"], r.get("val"))
                 for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
-    torch.set_num_threads(1)  # the same arithmetic in both runs
     assert main(["train", str(config), "--out", str(tmp_path / "straight")]) == 0
     with signal_after_step(6, signal.SIGINT):  # epoch 1, after its second batch
         assert main(["train", str(config), "--out", str(tmp_path / "split")]) == 130
