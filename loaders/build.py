@@ -56,9 +56,9 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
     loader = _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
                           classes, common)
     if len(loader) == 0:
-        raise ValueError(f"{dataset} {split!r} (root={root!r}) gives shard {shard_id}/{num_shards} "
-                         f"{loader.num_samples} samples: not one batch of {batch_size}"
-                         + (" (drop_last=True)" if loader.drop_last else ""))
+        raise ValueError(f"{dataset} {split!r} (root={root!r}) has {loader.dataset_size} samples, "
+                         f"{loader.num_samples} of them for shard {shard_id}/{num_shards}: not one batch of "
+                         f"{batch_size}" + (" (drop_last=True)" if loader.drop_last else ""))
     return loader
 
 

@@ -125,7 +125,7 @@ def test_train_reshuffles_each_epoch_deterministically_and_resumes(folder, backe
     root, _ = folder
     make = lambda: loader(root, "train", backend, batch_size=6, seed=7)
     first = make()
-    assert len(first) == 3 and first.num_samples == 20  # 20 samples: 3 full batches of 6, 2 dropped
+    assert len(first) == 3 and first.dataset_size == 20  # 20 samples: 3 full batches of 6, 2 dropped
     epoch0, epoch1 = collect(first), collect(first)
     assert epoch0[0].shape == (18, 3, SIZE, SIZE)
     assert epoch0[1].tolist() != epoch1[1].tolist()
