@@ -30,6 +30,8 @@ class EpochLoader:
     without it, every new iteration runs the epoch after the previous one, starting at 0.
     Resume: `iter_from(epoch, start_batch)` runs `epoch` from batch `start_batch` on, with exactly the
     order an uninterrupted run would have had; the iteration after it runs epoch + 1.
+    Shards (training): whole micro-batches of one global epoch order, dealt round-robin (sampling.py), with the
+    random augmentation of a batch seeded by its global number (`batch_seed`).
     """
 
     native_image_size: int  # the dataset's own size: what image_size=None gives
@@ -82,7 +84,8 @@ class EpochLoader:
     def num_samples(self) -> int:
         """Samples this shard sees per epoch."""
         return sampling.shard_size(self.dataset_size, shard_id=self.shard_id, num_shards=self.num_shards,
-                                   equal_shards=self.train)
+                                   equal_shards=self.train, batch_size=self.batch_size if self.train else None,
+                                   drop_last=self.drop_last)
 
     def __len__(self) -> int:
         return sampling.num_batches(self.num_samples, self.batch_size, drop_last=self.drop_last)
@@ -91,10 +94,18 @@ class EpochLoader:
         self._next_epoch = int(epoch)
 
     def shard_indices(self, epoch: int) -> torch.Tensor:
-        """This shard's dataset indices for `epoch`, in the order they are served."""
+        """This shard's dataset indices for `epoch`, in the order they are served (training: whole micro-batches
+        of the epoch's global order, sampling.py's layout)."""
         order = sampling.epoch_order(self.dataset_size, seed=self.seed, epoch=epoch, shuffle=self.train)
         return sampling.shard_order(order, shard_id=self.shard_id, num_shards=self.num_shards,
-                                    equal_shards=self.train)
+                                    equal_shards=self.train, batch_size=self.batch_size if self.train else None,
+                                    drop_last=self.drop_last)
+
+    def batch_seed(self, epoch: int, batch: int) -> int:
+        """The augmentation seed of this shard's batch number `batch` of `epoch`: a function of the batch's place
+        in the epoch's global order only, so every process layout draws the same numbers for the same samples."""
+        number = sampling.global_batch_number(batch, shard_id=self.shard_id, num_shards=self.num_shards)
+        return sampling.batch_seed(self.seed, epoch, number)
 
     def iter_from(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         if not 0 <= start_batch <= len(self):

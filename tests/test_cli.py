@@ -85,8 +85,10 @@ def test_help_describes_each_command_in_whole_sentences(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         described[command] = " ".join(capsys.readouterr().out.split())
-    assert ("or continue a stopped run with --resume RUN_DIR. Config mistakes exit 2 before any work starts."
+    assert ("or continue a stopped run with --resume RUN_DIR (--set may change what a resume allows, e.g. "
+            "data.root). With --auto-resume the same command starts the run and continues it after every stop"
             in described["train"])
+    assert "exits 128 + the signal's number (130, 143, 138)." in described["train"]
     assert "at the same image size as in training unless told otherwise." in described["eval"]
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -253,7 +254,8 @@ def test_out_on_a_folder_holding_a_run_is_refused_until_overwrite(finished, tmp_
     before = {name: digest(run / name) for name in ("last.pt", "best.pt", "metrics.jsonl")}
     line = assert_one_line_error(feed_fast("train", config, "--out", run))
     assert f"'{run}' already holds a run (" in line
-    assert f"continue it with `feed-fast train --resume {run}`, or start over with --overwrite" in line
+    assert f"continue it with `feed-fast train --resume {run}` (or this command with --auto-resume), or start " \
+           "over with --overwrite" in line
     assert {name: digest(run / name) for name in before} == before
 
     proc = in_process(capsys, "train", config, "--out", run, "--overwrite", "--set", "schedule.epochs=1")
@@ -265,7 +267,7 @@ def test_out_on_a_folder_holding_a_run_is_refused_until_overwrite(finished, tmp_
 
 def test_resume_takes_no_overwrite(finished, capsys):
     assert main(["train", "--resume", str(finished[1]), "--overwrite"]) == 2  # in-process: an argument check
-    assert "--resume RUN_DIR takes no CONFIG, --set or --overwrite" in capsys.readouterr().err
+    assert "--resume RUN_DIR takes no CONFIG, --overwrite or --auto-resume" in capsys.readouterr().err
 
 
 # --- 4. output paths checked first; a full disk -----------------------------------------------------------------
@@ -318,7 +320,13 @@ def test_resuming_a_moved_finished_run_reports_its_new_folder_without_nesting(fi
 
 
 # --- a broken image -------------------------------------------------------------------------------------------
-def test_a_broken_training_image_ends_the_run_in_one_line_naming_it(tmp_path):
+def advised_command(line: str) -> list[str]:
+    """The `feed-fast ...` command an error line advises, as arguments for `main`."""
+    return shlex.split(line.split("`")[1])[1:]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_broken_image_ends_the_run_in_one_line_and_its_advice_works_as_written(tmp_path, capsys):
     paths = make_image_folder(str(tmp_path / "data"), per_class=3)
     victim = paths["train"][4]
     corrupt_jpeg(victim)
@@ -327,10 +335,29 @@ def test_a_broken_training_image_ends_the_run_in_one_line_naming_it(tmp_path):
                                                        "backend": "torchvision", "batch_size": 4,
                                                        "eval_batch_size": 4, "image_size": 16,
                                                        "num_threads": 2},
+                                      "schedule": {**TINY["schedule"], "epochs": 1},
                                       "train": {**TINY["train"], "max_steps_per_epoch": None}}))  # every image
-    line = assert_one_line_error(feed_fast("train", config, "--out", tmp_path / "run"))
+    run = tmp_path / "run"
+    line = assert_one_line_error(feed_fast("train", config, "--out", run))
     assert line.startswith("feed-fast train: error: cannot decode 1 image file(s) in ")
-    assert victim in line and "set data.skip_corrupt=true to leave unreadable images out" in line
+    advice = f"`feed-fast train --resume {run} --set data.skip_corrupt=true` to leave unreadable images out"
+    assert victim in line and advice in line
+
+    with pytest.warns(RuntimeWarning, match=f"skipping unreadable image {victim}"):
+        proc = in_process(capsys, *advised_command(line))  # as written
+    assert proc.returncode == 0 and epochs_in(run) == [0], proc.stderr[-3000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["skip_corrupt"] is True  # recorded
+    changed = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
+    assert [r["changed"] for r in changed if "changed" in r] == [{"data.skip_corrupt": [False, True]}]
+
+    corrupt_jpeg(paths["val"][2])  # `feed-fast eval` on the same data: its own advice, followed as written
+    line = assert_one_line_error(in_process(capsys, "eval", "--checkpoint", run / "student.pt", "--data",
+                                            tmp_path / "data"))
+    assert line.startswith("feed-fast eval: error: cannot decode 1 image file(s)") and "add --skip-corrupt" in line
+    with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
+        proc = in_process(capsys, "eval", "--checkpoint", run / "student.pt", "--data", tmp_path / "data",
+                          "--skip-corrupt")
+    assert proc.returncode == 0 and "(11 images, resnet8)" in proc.stdout  # 12 less the broken one, proc.stderr
 
 
 # --- the parts, in-process ------------------------------------------------------------------------------------

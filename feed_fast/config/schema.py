@@ -75,7 +75,13 @@ class DataConfig:
     dataset: Dataset = "cifar100"
     root: str = "data/cifar100"
     backend: DataBackend = "auto"
-    batch_size: PositiveInt = 128  # per process
+    # Per process: the images one forward sees (one micro-batch). With global_batch_size set, the most a
+    # process holds: the micro-batch is then the largest divisor of global_batch_size / processes up to it.
+    batch_size: PositiveInt = 128
+    # Global: samples per optimizer step over all processes and micro-batches. null: batch_size x processes x
+    # train.accumulate as launched. Set, it fixes the optimizer step (and the lr that goes with it) whatever
+    # the number of processes: train.accumulate is derived (leave it at 1).
+    global_batch_size: PositiveInt | None = None
     eval_batch_size: PositiveInt = 256
     image_size: PositiveInt | None = 32  # null: the dataset's native size (CIFAR 32, image folders 224)
     num_threads: PositiveInt = 2
@@ -131,9 +137,18 @@ class TrainConfig:
     # recipe switches (README "Training"): every method's CE term (validation loss stays plain CE)
     label_smoothing: Fraction = 0.0
     ema: EMAConfig = field(default_factory=EMAConfig)
-    # micro-batches of data.batch_size per optimizer step; steps, schedule, log_every and max_steps_per_epoch
-    # count optimizer steps
+    # micro-batches of data.batch_size per optimizer step (per process); steps, schedule, log_every and
+    # max_steps_per_epoch count optimizer steps. Derived when data.global_batch_size is set, and changed by a
+    # resume on another number of processes to keep the run's global batch.
     accumulate: PositiveInt = 1
+    # last.pt inside the epoch: at the first optimizer-step boundary this long after the last checkpoint
+    # (written in a background thread; the step loop waits only for the copy to host memory). 0: only at
+    # epoch ends and on a stop signal. Epochs shorter than this never write one.
+    checkpoint_minutes: NonNegativeFloat = 15.0
+    # Stop signals: SIGINT, SIGTERM and SIGUSR1 (SLURM's --signal=USR1@T) always finish the optimizer step,
+    # write last.pt and exit 128 + the signal's number; this adds one more (e.g. SIGUSR2, SIGHUP).
+    stop_signal: str | None = None
+    sync_bn: bool = False  # under torchrun: the student's and translators' BatchNorm as SyncBatchNorm (CUDA)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +196,15 @@ def check_weights(key: str, name: str, weights: str) -> None:
         raise ConfigError(f"{key} {detail}") from None
 
 
+def check_stop_signal(key: str, name: str) -> None:
+    from ..runtime.signals import stop_signal_number
+
+    try:
+        stop_signal_number(name)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
 def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
     """The rules that span keys, and those that ask the machine (paths, CUDA, DALI), before any work starts."""
     check_model("model.name", cfg.model.name)
@@ -220,6 +244,12 @@ def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
     if sorted(schedule.milestones) != schedule.milestones:
         raise ConfigError(f"schedule.milestones must be increasing, got {schedule.milestones}")
 
+    if data.global_batch_size is not None and cfg.train.accumulate != 1:
+        raise ConfigError(f"give data.global_batch_size or train.accumulate, not both: with data.global_batch_size="
+                          f"{data.global_batch_size} the micro-batches per step are derived (got train.accumulate="
+                          f"{cfg.train.accumulate})")
+    if cfg.train.stop_signal is not None:
+        check_stop_signal("train.stop_signal", cfg.train.stop_signal)
     try:
         device = resolve_device(cfg.train.device)
     except ValueError as err:

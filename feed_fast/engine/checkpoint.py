@@ -5,6 +5,10 @@ A run writes last.pt (everything training needs to continue, the EMA of `train.e
 student's best validation epoch), student.pt (the deployable student alone) and, with `train.ema`,
 student_ema.pt (the averaged student, the same format). Writes go through `feed_fast.atomic_files`.
 
+Writing while training goes on: `to_host` copies the state to host memory (what the step loop waits for), and a
+`CheckpointWriter` writes the files in one background thread, one checkpoint at a time; a failed write is
+raised on the training thread at the next checkpoint or at the end of the run.
+
 Reading: every checkpoint is loaded with `weights_only=True` (tensors, numbers and plain containers only). A file
 that cannot be used (missing, empty, truncated, not a checkpoint, the wrong model) raises `CheckpointError`: one
 line naming the file, what is wrong with it and which readable checkpoints lie beside it. The file is left as
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +53,66 @@ class CheckpointError(ValueError):
             else:
                 message += "; no other readable checkpoint beside it"
         super().__init__(message)
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of a checkpoint's state in host memory, every tensor copied (training goes on changing the
+    originals): CUDA tensors through pinned memory, all copies queued before one wait."""
+    pending_cuda = []
+
+    def copy(node):
+        if isinstance(node, torch.Tensor):
+            node = node.detach()
+            if node.device.type == "cuda":
+                host = torch.empty(node.shape, dtype=node.dtype, pin_memory=True)
+                host.copy_(node, non_blocking=True)
+                pending_cuda.append(node.device)
+                return host
+            return node.to("cpu", copy=True)
+        if isinstance(node, dict):
+            return {key: copy(value) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(copy(value) for value in node)
+        return node  # numbers, strings, None: immutable
+
+    result = copy(obj)
+    for device in set(pending_cuda):
+        torch.cuda.synchronize(device)
+    return result
+
+
+class CheckpointWriter:
+    """Runs checkpoint writes (a function each) in a background thread, one at a time: `submit` first waits
+    for the write before it. An error in a write is raised by the next `submit` or `wait` on the caller's
+    thread. The thread is not a daemon, so a write under way finishes before the process exits."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(write,), name="feed-fast-checkpoint")
+        self._thread.start()
+
+    def _run(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException as err:  # noqa: BLE001 -- handed to the training thread
+            self._error = err
+
+    def wait(self) -> None:
+        """Until the write under way (if any) is done; raises its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def student_export(model_name: str, num_classes: int, model_kwargs: dict, student: nn.Module,
@@ -116,7 +181,11 @@ def describe_contents(obj: Any) -> str:
         return f"the exported {obj.get('model', 'student')}"
     if isinstance(obj, dict) and isinstance(obj.get("epoch"), int):
         batch = obj.get("next_batch") or 0
-        return f"after epoch {obj['epoch']}" if not batch else f"epoch {obj['epoch'] + 1}, after batch {batch}"
+        if not batch:
+            return f"after epoch {obj['epoch']}"
+        step = obj.get("step_in_epoch")
+        return (f"epoch {obj['epoch'] + 1}, after step {step}" if isinstance(step, int)
+                else f"epoch {obj['epoch'] + 1}, after batch {batch}")
     return "a state dict"
 
 

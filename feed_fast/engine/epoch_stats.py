@@ -1,7 +1,8 @@
 """An epoch's statistics: the mean of each named loss over the samples seen, images/s and the share of time
 spent waiting for data. The loss sums are one float64 vector on the device, added to with one kernel per step
 (the step hands its losses as one vector, `NamedLosses.vector`; no host sync); the sample count is a host
-number. Both go into last.pt, so an epoch resumed mid-way reports the same means as an uninterrupted one."""
+number. Both go into last.pt, summed over the ranks (rank 0 carries the totals on, the others start again from
+zero), so an epoch resumed mid-way, on any number of processes, reports the same means as an uninterrupted one."""
 from __future__ import annotations
 
 import time
@@ -16,13 +17,15 @@ SAMPLES = "samples"  # the last entry of the vector; the others are named by the
 
 
 class EpochStats:
-    def __init__(self, device: torch.device, saved: dict[str, float] | None = None) -> None:
-        """`saved`: what `state()` returned (the sums of the epoch's steps before an interruption)."""
+    def __init__(self, device: torch.device, saved: dict[str, float] | None = None, *, keep: bool = True) -> None:
+        """`saved`: what `state()` returned (the sums of the epoch's steps before an interruption); with
+        `keep=False` (ranks other than 0 on a resume) only its loss names, the sums starting from zero."""
         saved = dict(saved or {})
         self.device = device
         self.names = [name for name in saved if name != SAMPLES]  # loss names, fixed by the first step
-        self.sums = torch.tensor([saved[name] for name in self.names], dtype=torch.float64, device=device)
-        self.samples = float(saved.get(SAMPLES, 0.0))
+        values = [saved[name] if keep else 0.0 for name in self.names]
+        self.sums = torch.tensor(values, dtype=torch.float64, device=device)
+        self.samples = float(saved.get(SAMPLES, 0.0)) if keep else 0.0
         self.start()
 
     def start(self) -> None:
@@ -43,8 +46,12 @@ class EpochStats:
         self.samples += batch
         self.images += batch
 
-    def state(self) -> dict[str, float]:
-        return dict(zip([*self.names, SAMPLES], [*self.sums.tolist(), self.samples]))
+    def state(self, dist: DistInfo | None = None) -> dict[str, float]:
+        """The sums so far; with `dist`, summed over the ranks (a collective: every rank calls it)."""
+        values = torch.cat([self.sums, self.sums.new_tensor([self.samples])])
+        if dist is not None:
+            values = all_reduce_sum(values, dist)
+        return dict(zip([*self.names, SAMPLES], values.tolist()))
 
     def summary(self, dist: DistInfo, timer: StepTimer) -> dict:
         """{loss: {name: mean over every rank's samples, total}, images_per_sec (all ranks), data_wait_fraction}."""

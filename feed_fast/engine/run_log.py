@@ -1,5 +1,7 @@
-"""What a run writes besides checkpoints: metrics.jsonl (one JSON object per epoch), TensorBoard events, and a
-progress display (a tqdm bar on a TTY, plain lines otherwise). Rank 0 only.
+"""What a run writes besides checkpoints: metrics.jsonl (one JSON object per epoch), attempts.jsonl (one JSON
+object per start of `feed-fast train` on the folder: new or continued, from which step, on which layout, with
+which config changes), TensorBoard events, and a progress display (a tqdm bar on a TTY, plain lines otherwise).
+Rank 0 only.
 
 metrics.jsonl mirrors the `history` that last.pt carries: it is rewritten whole (atomically) after each
 last.pt, and again when a run resumes, so whatever the moment of a crash it holds each epoch once and matches
@@ -15,7 +17,20 @@ from pathlib import Path
 from ..atomic_files import WriteFailed, atomic_write_text, os_error_in
 
 METRICS_FILE = "metrics.jsonl"
+ATTEMPTS_FILE = "attempts.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
+def record_attempt(run_dir: Path, record: dict) -> None:
+    """Append one line to the run's attempts.jsonl (the file is rewritten whole, so a crash never tears it)."""
+    path = run_dir / ATTEMPTS_FILE
+    try:
+        before = path.read_text()
+    except FileNotFoundError:
+        before = ""
+    if before and not before.endswith("\n"):
+        before += "\n"
+    atomic_write_text(before + json.dumps(record) + "\n", path)
 
 
 class MetricsLog:
@@ -99,7 +114,9 @@ class EpochProgress:
             self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", file=self.stream, leave=False)
 
     def update(self, step: int, images: int, losses: dict) -> None:
-        """`losses` maps names to 0-d tensors, read (a device sync) only on the steps that print."""
+        """`images`: seen in this call's part of the epoch by all processes together (the rate printed is the
+        total, as the epoch line's). `losses` maps names to 0-d tensors, read (a device sync) only on the steps
+        that print."""
         if self.mode == "none":
             return
         if self.mode == "bar":
@@ -116,6 +133,13 @@ class EpochProgress:
         else:
             print(f"epoch {self.epoch} step {step + 1}/{self.total} {rate:.1f} img/s eta {eta:.0f}s {text}",
                   file=self.stream, flush=True)
+
+    def note(self, message: str) -> None:
+        """A line between steps (a checkpoint written), above the bar or among the progress lines."""
+        if self.mode == "bar" and self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        elif self.mode != "none":
+            print(message, file=self.stream, flush=True)
 
     def end_epoch(self, message: str) -> None:
         if self.bar is not None:

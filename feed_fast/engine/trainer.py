@@ -5,12 +5,23 @@ Distiller, frozen teachers, optimizer, schedule); `fit` resumes if asked, then r
 Counting with `train.accumulate` = N: a step is an optimizer step (N micro-batches of data.batch_size); steps per
 epoch, the lr schedule, `log_every`, `max_steps_per_epoch` and TensorBoard's x axis count them, and an epoch
 uses steps * N micro-batches (fewer than N left over at its end are not used, as the loader drops its last
-short batch). Checkpoints and signal stops happen between optimizer steps only: a SIGINT/SIGTERM mid-step
+short batch). Checkpoints and signal stops happen between optimizer steps only: a stop signal mid-step
 finishes the step's remaining micro-batches first, so a checkpoint never holds half-accumulated gradients and
-`next_batch` (the loader position, in micro-batches) is a multiple of N."""
+`next_batch` (the loader position, in micro-batches) is a multiple of N.
+
+Checkpoints: last.pt at every epoch end, at a stop signal, and inside the epoch every `train.checkpoint_minutes`
+(at the first step boundary after that long: rank 0 decides, and the one message the ranks already exchange
+between steps, a stop signal's number, carries the decision). The step loop waits only for the copy of the
+state to host memory; the files are written by a background thread (checkpoint.py's CheckpointWriter), and a
+time-based checkpoint is put off while the previous one is still being written. last.pt records the layout
+it was written with (layout.py) and the position as an optimizer step of the epoch, so a run continued on
+another number of processes resumes at the same step and sample."""
 from __future__ import annotations
 
+import signal
 import sys
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +33,7 @@ from ..config import ConfigError, RunConfig
 from ..methods import Method
 from ..models import count_parameters
 from ..runtime import DistInfo, Runtime
-from ..runtime.distributed import any_rank, broadcast_buffers
+from ..runtime.distributed import agree, broadcast_buffers
 from .checkpoint import (
     BEST,
     EMA_EXPORT,
@@ -30,14 +41,17 @@ from .checkpoint import (
     LAST,
     LAST_PREVIOUS,
     CheckpointError,
+    CheckpointWriter,
     check_training_checkpoint,
     load_fitting,
     read_checkpoint,
     student_export,
+    to_host,
 )
 from .data import Loaders
 from .epoch_stats import EpochStats
 from .evaluate import evaluate
+from .layout import Layout, checkpoint_layout
 from .run_log import EpochProgress, MetricsLog
 from .step import TrainStep
 
@@ -53,11 +67,17 @@ class GenerationTrainer:
             run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(run_dir, enabled=runtime.is_main)
         self.progress = EpochProgress(cfg.train.progress, runtime.is_main, cfg.train.log_every)
+        self.layout = Layout(runtime.dist.world_size, cfg.data.batch_size, step.accumulate)
         self.epoch, self.next_batch = 0, 0
         self.stats = EpochStats(runtime.device)
         self.best_top1, self.history = -1.0, []
         self.last_breakdown: dict[str, float] = {}
         self.stopped_by: str | None = None
+        self.writer = CheckpointWriter()  # rank 0's background writes
+        self.last_checkpoint = time.monotonic()  # when the latest checkpoint was taken (the time-based clock)
+        self.checkpoint_stalls_ms: list[float] = []  # how long the step loop waited, per checkpoint
+        self.written: deque[str] = deque()  # lines about finished mid-epoch checkpoints, printed between steps
+        self.resumed_from: dict | None = None  # where a resumed run continues (after `load`)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, runtime: Runtime, loaders: Loaders, method: Method,
@@ -95,20 +115,47 @@ class GenerationTrainer:
         return self.step.ema
 
     # --- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool, max_epochs: int | None = None) -> dict:
+    def fit(self, resume: bool, max_epochs: int | None = None, *, announce=None) -> dict:
         """Train to the end of the schedule, or for `max_epochs` more epochs (then stop as a signal would).
+        `announce(trainer)` is called on rank 0 once the starting point is known (the start block).
 
         Per epoch, best.pt (when the epoch is the best so far), then last.pt (the epoch's commit point; the one
-        it replaces becomes last.prev.pt), then metrics.jsonl rewritten from last.pt's history. A crash at any
-        moment costs at most the current step (a signal: nothing) and leaves metrics.jsonl matching the
-        checkpoint a resume starts from, which rewrites it again."""
+        it replaces becomes last.prev.pt), then metrics.jsonl rewritten from last.pt's history, all written in
+        the background. A crash at any moment costs at most the steps since the latest checkpoint (a signal:
+        nothing) and leaves metrics.jsonl matching the checkpoint a resume starts from, which rewrites it again."""
         if resume:
             if (self.run_dir / LAST).exists():
                 self.load(self.run_dir / LAST)
             elif (self.run_dir / LAST_PREVIOUS).exists():  # removed by hand: do not silently start over
                 raise CheckpointError(self.run_dir / LAST, "does not exist", use_instead=f"copy one to {LAST} to "
                                       "resume from it, or start over with --overwrite")
+        if announce is not None and self.runtime.is_main:
+            announce(self)
         self.log.restart(self.history, self.global_step())  # metrics.jsonl == the history training continues
+        self.last_checkpoint = time.monotonic()
+        try:
+            interrupted = self.run_epochs(max_epochs)
+            self.writer.wait()  # the last checkpoint is on disk (or its error raised) before the exports
+        except BaseException:
+            self.finish_pending_write()
+            raise
+        if not interrupted and self.runtime.is_main:
+            atomic_save(self.export(self.student), self.run_dir / EXPORT)
+            if self.ema is not None:
+                atomic_save(self.export(self.ema.model), self.run_dir / EMA_EXPORT)
+        self.log.close()
+        return self.summary(interrupted)
+
+    def finish_pending_write(self) -> None:
+        """On the way out after an error: let a checkpoint under way reach the disk; its own error, if any, is
+        dropped (the first error is the one reported)."""
+        try:
+            self.writer.wait()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def run_epochs(self, max_epochs: int | None) -> bool:
+        """The epoch loop; True when stopped before the end of the schedule."""
         epochs, first_epoch, interrupted = self.cfg.schedule.epochs, self.epoch, False
         while self.epoch < epochs:
             if max_epochs is not None and self.epoch - first_epoch >= max_epochs:
@@ -127,18 +174,10 @@ class GenerationTrainer:
             self.history.append(record)
             top1 = record.get("val", {}).get("top1", -1.0)
             is_best, self.best_top1 = top1 > self.best_top1, max(self.best_top1, top1)
-            if is_best:
-                self.save(BEST)
-            self.save(LAST)
-            self.log.write_history(self.history)
+            self.checkpoint(best=is_best)
             self.log.epoch_scalars(record, self.global_step())
             self.progress.end_epoch(self.epoch_message(record))
-        if not interrupted and self.runtime.is_main:
-            atomic_save(self.export(self.student), self.run_dir / EXPORT)
-            if self.ema is not None:
-                atomic_save(self.export(self.ema.model), self.run_dir / EMA_EXPORT)
-        self.log.close()
-        return self.summary(interrupted)
+        return interrupted
 
     def evaluate(self, model: nn.Module) -> dict:
         """Top-1/top-5 and plain CE (no label smoothing) on the val loader, reduced over the ranks."""
@@ -164,10 +203,13 @@ class GenerationTrainer:
             step = self.next_batch // per_step - 1  # the optimizer step just taken, within the epoch
             if (step + 1) % self.cfg.train.log_every == 0:
                 self.log_step(epoch, step, losses)
-            self.progress.update(step, self.stats.images, losses)
-            if self.should_stop():
+            self.progress.update(step, self.stats.images * self.dist.world_size, losses)
+            stop, checkpoint_due = self.between_steps(last_of_epoch=step + 1 == self.steps_per_epoch)
+            if stop:
                 self.stop_mid_epoch(epoch, step)
                 return None
+            if checkpoint_due:
+                self.checkpoint()
         self.broadcast_buffers()
         self.last_breakdown = self.step.timer.collect()
         stats = self.stats.summary(self.dist, self.step.timer)
@@ -176,9 +218,24 @@ class GenerationTrainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.step(images, labels)
 
-    def should_stop(self) -> bool:
-        """A signal on any rank stops every rank after the same step (torchrun may signal only some)."""
-        return any_rank(self.runtime.stop.requested, self.dist)
+    def between_steps(self, *, last_of_epoch: bool) -> tuple[bool, bool]:
+        """(stop, checkpoint now), the same on every rank: a stop signal on any rank stops every rank after the
+        same step (torchrun may signal only some), and rank 0's clock decides a time-based checkpoint; both
+        travel in the one small all-reduce the ranks exchange per optimizer step."""
+        while self.written:  # finished background writes (appended by the writer's thread), between steps
+            self.progress.note(self.written.popleft())
+        signal_number, due = agree([self.runtime.stop.signal_number, int(self.checkpoint_due(last_of_epoch))],
+                                   self.dist)
+        if signal_number:
+            self.stopped_by = signal.Signals(signal_number).name
+        return bool(signal_number), bool(due)
+
+    def checkpoint_due(self, last_of_epoch: bool) -> bool:
+        """Rank 0: `train.checkpoint_minutes` have passed since the latest checkpoint, the previous one is
+        written, and the epoch's own checkpoint is not about to follow."""
+        minutes = self.cfg.train.checkpoint_minutes
+        return (self.runtime.is_main and minutes > 0 and not last_of_epoch and not self.writer.busy
+                and time.monotonic() - self.last_checkpoint >= minutes * 60)
 
     def broadcast_buffers(self) -> None:
         """Every rank takes rank 0's BatchNorm statistics (the student's and the EMA's) before evaluating or
@@ -189,11 +246,14 @@ class GenerationTrainer:
 
     def stop_mid_epoch(self, epoch: int, step: int) -> None:
         self.broadcast_buffers()
-        self.save(LAST)
+        self.checkpoint()
+        self.writer.wait()
+        self.written.clear()
+        received = "" if self.runtime.stop.requested else " (on another process)"
         self.progress.end_epoch(
-            f"stopped by {self.runtime.stop.signal_name or 'a signal on another rank'} after step {step + 1} of "
-            f"epoch {epoch + 1}; {LAST} written to {self.run_dir}; resume with "
-            f"`feed-fast train --resume {self.resume_dir}`")
+            f"stopped by {self.stopped_by}{received} after step {step + 1} of epoch {epoch + 1}; {LAST} written to "
+            f"{self.run_dir}; resume with `feed-fast train --resume {self.resume_dir}` (or the same command with "
+            "--auto-resume)")
 
     def log_step(self, epoch: int, step: int, losses: dict) -> None:
         self.last_breakdown = self.step.timer.collect()
@@ -225,8 +285,9 @@ class GenerationTrainer:
             "student_params": count_parameters(self.student.plain_module()),
             "images_per_sec": self.history[-1]["images_per_sec"] if self.history else None,
             "step_breakdown_ms": self.last_breakdown,
+            "checkpoint_stall_ms": self.checkpoint_stalls_ms,
             "interrupted": interrupted,
-            "stopped_by": self.runtime.stop.signal_name or self.stopped_by,
+            "stopped_by": self.stopped_by,
             "resume_at": {"epoch": self.epoch, "batch": self.next_batch},
             "run_dir": str(self.run_dir),
             "export": str(self.run_dir / EXPORT) if not interrupted else None,
@@ -245,7 +306,9 @@ class GenerationTrainer:
         return {"dataset": self.cfg.data.dataset, "image_size": self.loaders.train.image_size,
                 "seed": self.cfg.train.seed}
 
-    def state(self) -> dict:
+    def state(self, epoch_sums: dict[str, float]) -> dict:
+        """last.pt's content (tensors still the live ones: `to_host` copies them); `epoch_sums`: the epoch's loss
+        sums over every rank."""
         step = self.step
         ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {
@@ -257,7 +320,9 @@ class GenerationTrainer:
             "scaler": step.scaler.state_dict(),
             "epoch": self.epoch,
             "next_batch": self.next_batch,
-            "epoch_sums": self.stats.state(),
+            "step_in_epoch": self.next_batch // step.accumulate,
+            "layout": {**self.layout.to_dict(), "steps_per_epoch": self.steps_per_epoch},
+            "epoch_sums": epoch_sums,
             "best_top1": self.best_top1,
             "history": list(self.history),
             "rng_cpu": torch.get_rng_state(),
@@ -269,10 +334,32 @@ class GenerationTrainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save(self, name: str) -> None:
-        if self.runtime.is_main:
-            keep = self.run_dir / LAST_PREVIOUS if name == LAST else None
-            atomic_save(self.state(), self.run_dir / name, keep_previous=keep)
+    def checkpoint(self, *, best: bool = False) -> None:
+        """last.pt (and best.pt first when `best`), then metrics.jsonl from last.pt's history, as one background
+        write; the caller waits only for the state's copy to host memory. Every rank calls it at the same step
+        (the epoch's loss sums are added up over the ranks); rank 0 writes."""
+        epoch_sums = self.stats.state(self.dist)
+        self.last_checkpoint = time.monotonic()
+        if not self.runtime.is_main:
+            return
+        started = time.perf_counter()
+        self.writer.wait()  # never two at once (a time-based one is only taken when none is under way)
+        state = to_host(self.state(epoch_sums))
+        stall_ms = (time.perf_counter() - started) * 1e3
+        self.checkpoint_stalls_ms.append(round(stall_ms, 3))
+        run_dir, log, history = self.run_dir, self.log, state["history"]
+        mid_epoch = (f"{LAST} written: epoch {self.epoch + 1}, step {state['step_in_epoch']} of "
+                     f"{self.steps_per_epoch} (the step loop waited {stall_ms:.0f} ms)") if self.next_batch else None
+
+        def write() -> None:
+            if best:
+                atomic_save(state, run_dir / BEST)
+            atomic_save(state, run_dir / LAST, keep_previous=run_dir / LAST_PREVIOUS)
+            log.write_history(history)
+            if mid_epoch:
+                self.written.append(mid_epoch)
+
+        self.writer.submit(write)
 
     def load(self, path: Path) -> None:
         """Continue from a last.pt (or a best.pt copied over it). A file that cannot be read or does not fit
@@ -291,23 +378,41 @@ class GenerationTrainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointError(path, f"does not fit this run's optimizer: {first}", look_beside=False) from None
-        if ckpt["next_batch"] % step.accumulate:
-            raise CheckpointError(path, f"stops after micro-batch {ckpt['next_batch']}, inside an optimizer step of "
-                                  f"train.accumulate={step.accumulate} (it was written with another value)",
-                                  look_beside=False)
-        self.epoch, self.next_batch = ckpt["epoch"], ckpt["next_batch"]
+        written = checkpoint_layout(ckpt) or self.layout
+        self.check_layout(ckpt, written, path)
+        step_in_epoch = ckpt["next_batch"] // written.accumulate
+        self.epoch, self.next_batch = ckpt["epoch"], step_in_epoch * step.accumulate
         if self.ema is not None:
             self.load_ema(ckpt, path)
-        self.stats = EpochStats(device, ckpt["epoch_sums"])
+        self.stats = EpochStats(device, ckpt["epoch_sums"], keep=self.runtime.is_main)
         self.best_top1, self.history = ckpt["best_top1"], ckpt["history"]
         torch.set_rng_state(ckpt["rng_cpu"].cpu())
         if ckpt.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng_cuda"]])
-        written_by = ckpt.get("world_size", 1)
-        if written_by != self.dist.world_size and self.runtime.is_main:
-            print(f"feed-fast train: warning: {path} was written by a run of {written_by} process(es), this one has "
-                  f"{self.dist.world_size}: each process's share of the data differs from here on, so the run will "
-                  "not repeat an uninterrupted one", file=sys.stderr)
+        self.resumed_from = {"path": str(path), "epoch": self.epoch, "step": step_in_epoch,
+                             "written_by": written.to_dict()}
+
+    def check_layout(self, ckpt: dict, written: Layout, path: Path) -> None:
+        """A last.pt continues only on the layout it was written with, or one with the same global batch and
+        micro-batch on another number of processes (layout.py), and only over epochs of the same length."""
+        here = self.layout
+        if ckpt["next_batch"] % written.accumulate:
+            raise CheckpointError(path, f"stops after micro-batch {ckpt['next_batch']}, inside an optimizer step of "
+                                  f"train.accumulate={written.accumulate}", look_beside=False)
+        if (written.global_batch, written.micro_batch) != (here.global_batch, here.micro_batch):
+            if ckpt["next_batch"] % here.accumulate:
+                raise CheckpointError(path, f"stops after micro-batch {ckpt['next_batch']}, inside an optimizer step "
+                                      f"of train.accumulate={here.accumulate} (it was written with another value)",
+                                      look_beside=False)
+            raise CheckpointError(path, f"was written by {written.describe()}; this run's config gives "
+                                  f"{here.describe()}: a run continues with the global batch and micro-batch it "
+                                  "started with", look_beside=False)
+        steps = (ckpt.get("layout") or {}).get("steps_per_epoch")
+        if steps is not None and steps != self.steps_per_epoch:
+            why = (" (synthetic data holds 10 batches per process: its size follows the number of processes)"
+                   if self.cfg.data.dataset == "synthetic" else " (the data or train.max_steps_per_epoch changed)")
+            raise CheckpointError(path, f"was written with {steps} optimizer steps per epoch, this run has "
+                                  f"{self.steps_per_epoch}{why}", look_beside=False)
 
     def load_ema(self, ckpt: dict, path: Path) -> None:
         """The EMA as last.pt holds it; a checkpoint written without train.ema starts the average from the

@@ -1,8 +1,9 @@
 """The runtime: what depends on the machine a run is on, decided once and handed down. The device and the
-memory format (channels-last or not), the precision, torchrun's process group, SIGINT/SIGTERM handling and
-determinism are chosen here, by `open_runtime`, from the config's `train` section; the trainer, the loaders,
-`feed-fast eval` and the benchmarks receive the result instead of working it out again. Process-wide switches
-(determinism flags, signal handlers, the process group) are set for the run and put back after it."""
+memory format (channels-last or not), the precision, torchrun's process group, stop signals (SIGINT, SIGTERM,
+SIGUSR1, `train.stop_signal`) and determinism are chosen here, by `open_runtime`, from the config's `train`
+section; the trainer, the loaders, `feed-fast eval` and the benchmarks receive the result instead of working it
+out again. Process-wide switches (determinism flags, signal handlers, the process group) are set for the run
+and put back after it."""
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +27,7 @@ class RuntimeOptions(Protocol):
     precision: str
     channels_last: bool | str
     deterministic: bool
+    stop_signal: str | None  # one more stop signal besides SIGINT, SIGTERM and SIGUSR1 (None: none)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Runtime:
     memory_format: torch.memory_format  # of image batches and conv weights
     precision: Precision
     dist: DistInfo
-    stop: GracefulStop  # `stop.requested` after SIGINT/SIGTERM
+    stop: GracefulStop  # `stop.requested` after a stop signal
     deterministic: bool
 
     @property
@@ -49,11 +51,11 @@ class Runtime:
 @contextlib.contextmanager
 def open_runtime(options: RuntimeOptions, *, handle_signals: bool = True) -> Iterator[Runtime]:
     """Resolve the device, memory format and precision, join torchrun's process group (a plain run is a world
-    of one), set the determinism switches and catch SIGINT/SIGTERM; undo all of it on exit."""
+    of one), set the determinism switches and catch the stop signals; undo all of it on exit."""
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     dist = setup_distributed(device)
-    stop = GracefulStop()
+    stop = GracefulStop(getattr(options, "stop_signal", None))
     try:
         with determinism(options.deterministic), (stop if handle_signals else contextlib.nullcontext()):
             yield Runtime(device, memory_format_for(device, options.channels_last), precision, dist, stop,

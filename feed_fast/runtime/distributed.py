@@ -5,10 +5,15 @@ world of one.
 When a rank dies, the others must not hang: a collective with a dead peer fails at once (its sockets close),
 torchrun's agent notices a failed worker within its --monitor-interval and stops the rest (SIGTERM, then
 SIGKILL after 30 s), and a peer that hangs without dying fails every collective after PROCESS_GROUP_TIMEOUT.
-A failed run leaves the group without its closing barrier, which would wait for the dead rank."""
+A failed run leaves the group without its closing barrier, which would wait for the dead rank, and the survivors
+report the lost peer in one line (`lost_peer`) instead of gloo's traceback.
+
+Where a run's folder lives: only rank 0 writes it, and every rank reads last.pt from it on a resume, so under
+torchrun across machines it must be on storage every node sees (a shared file system)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -82,6 +87,48 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=info.control_group)
     return bool(value.item() > 0)
+
+
+def agree(values: list[int], info: DistInfo) -> list[int]:
+    """The element-wise maximum over the ranks of a few small integers (a CPU all-reduce over the control group):
+    between optimizer steps, a stop signal's number on any rank and rank 0's decision to checkpoint travel in one
+    message, so every rank takes the same decision after the same step."""
+    if not info.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=info.control_group)
+    return tensor.tolist()
+
+
+def sync_batch_norm(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """`module` with its BatchNorm layers as SyncBatchNorm (statistics over every process's micro-batch) under
+    torchrun; unchanged in a world of one (nothing to synchronise). The parameters and buffers stay the same
+    tensors (optimizers built before keep working), and the state dict keeps its keys. torch's SyncBatchNorm runs
+    on CUDA only: on another device under torchrun this raises ValueError."""
+    if not info.enabled:
+        return module
+    if device.type != "cuda":
+        raise ValueError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); this run is "
+                         f"on {device.type}: set train.sync_bn=false")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+PEER_FAILURE = re.compile(r"(Connection (?:closed|reset) by peer[^.]*|Broken pipe|NCCL communicator was aborted"
+                          r"|[Ss]ocket [Tt]imeout|Timed out waiting[^.]*|ProcessGroupNCCL[^.]*abort[^.]*)")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The short reason when `error` is a collective failing because another process died or hung (gloo's "Read
+    error [addr]: Connection reset by peer", NCCL's aborted communicator, a timeout); None for any other error."""
+    if not isinstance(error, RuntimeError) or not dist.is_initialized():
+        return None
+    text = str(error)
+    match = PEER_FAILURE.search(text)
+    if match is None and not isinstance(error, getattr(dist, "DistError", ())):
+        return None
+    backend = "gloo" if "gloo" in text or dist.get_backend() == "gloo" else dist.get_backend()
+    reason = match.group(0).strip() if match else (text.strip().splitlines() or ["failed"])[0][:200]
+    return f"{backend}: {reason}"
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
