@@ -32,10 +32,6 @@ os.environ["TRITON_INTERPRET"] = "0"  # compiled code, whatever the caller's env
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "kernel_figures_sm90.json"
-# The launchers of kernels/feed_loss.py, in launch order.
-KERNELS = ("feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel", "feed_grad_weight_kernel")
-
-
 # ---- compiling without a GPU --------------------------------------------------------------------------------
 
 
@@ -87,7 +83,7 @@ def use_compile_only_driver(arch: int) -> None:
     driver.set_active(CompileOnlyDriver(arch))
 
 
-def compile_calls(kernels_module, calls, names=KERNELS) -> list[tuple[str, tuple, object]]:
+def compile_calls(kernels_module, calls, names) -> list[tuple[str, tuple, object]]:
     """Run `calls()` (host code that launches kernels) with every launcher in `names` replaced by a
     compile-only one; -> [(kernel name, grid, compiled binary)] in launch order."""
     compiled: list = []
@@ -268,8 +264,7 @@ def compile_case(kernels_module, tensors) -> list[tuple[str, tuple, object]]:
         kernels_module.feed_backward(torch.ones(num, batch), torch.ones(num, batch, kernels_module.STATS),
                                      head_inputs, teachers, weights, biases, scales, dots, tf32, 0.1, 1e-12)
 
-    names = [n for n in dir(kernels_module) if n.startswith("feed_") and n.endswith("_kernel")]
-    return compile_calls(kernels_module, calls, names)
+    return compile_calls(kernels_module, calls, kernels_module.KERNEL_NAMES)
 
 
 def rows_for(case_names, arch: int = 90) -> list[dict]:

@@ -12,11 +12,15 @@ gathers the two norms and pass 2 recomputes y for the L1. Each row of `terms` is
 Python-float `scale` (beta and the reduction, decided by `feed_fast.functional`). Saved for backward:
 per-sample scalars only (||y||, ||t||, <u, sign(u - v)>).
 
-Backward (three launches): (1) per (sample, teacher), recompute y and write dz = dL/d(pre-activation) in the
+Backward (four launches): (1) per (sample, teacher), recompute y and write dz = dL/d(pre-activation) in the
 GEMM operand dtype, plus per-sample bias partial sums in float32; for a teacher without a head conv (identity,
 or the hybrid plan where cuDNN owns the conv) dz *is* the input gradient and goes straight into it; (2) input
-gradient, the transposed conv of dz with W; (3) weight and bias gradients, reduced over the batch in a fixed
-order, so results are deterministic (no atomics), written in each parameter's own dtype and layout.
+gradient, the transposed conv of dz with W; (3) weight gradient, one CTA per (C_t tile, C_in tile, tap) and
+split of the batch: where those tiles are too few to fill the GPU (small heads: CIFAR has 27 for 132 SMs) the
+batch is split and each split writes fp32 partials; (4) the reduce pass: the split partials added in split
+order, and the bias gradient summed over the batch from the per-sample partials, many channels at once. Every
+reduction runs in a fixed order (no atomics), so results are deterministic for a given call signature and
+device, and gradients are written in each parameter's own dtype and layout.
 
 GEMM precision: float32 operands run IEEE fp32 (`input_precision="ieee"`) unless the caller asks for TF32;
 bf16/fp16 operands run on tensor cores. Weights are read with C_in innermost (stride 1): OHWI, i.e.
@@ -33,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend_choice import H100
 from ..numerics import NORM_SCALE_FLOOR as _NORM_SCALE_FLOOR
 
 # Triton's interpreter (3.8) computes tl.dot wrongly for bfloat16 operands. There the operands are rounded to
@@ -44,10 +49,11 @@ STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, si
 
 # num_warps per launch. Tiles are at most 64 x 64 fp32 values: at 4 warps Triton 3.6 needs more than 255
 # registers per thread for them and spills, and at 16 warps (128 registers at most) both 3.6 and 3.8 spill
-# (tests/test_triton_versions.py checks every config under both). So every kernel runs 8 warps; with one
+# (tests/test_triton_versions.py checks every config under both). So every GEMM kernel runs 8 warps (the reduce
+# pass, elementwise sums of 512-value blocks, runs 4: one 16-byte load per thread and partial); with one
 # config per kernel nothing is timed on the first call. A second config is one entry here once GPU
 # measurements show it pays; the key below already holds everything that changes the compiled code.
-WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,)}
+WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,), "grad_reduce": (4,)}
 _AUTOTUNED: list = []
 
 
@@ -421,73 +427,135 @@ def feed_grad_input_kernel(
 
 @triton.jit
 def _grad_weight_one_teacher(
-    dz_ptr, h_ptr, bias_part_ptr, gw_ptr, gb_ptr, pid_ct, pid_ci, tap, batch, c_in, c_out, height, width,
+    dz_ptr, h_ptr, gw_ptr, part_ptr, pid_ct, pid_ci, split, tap, batch, split_batch, c_in, c_out, height, width,
     s_dz, s_h, s_gw,
-    KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    TF32: tl.constexpr, BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
+    KS: tl.constexpr, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     n_pos = height * width
-    total = batch * n_pos
     offs_ct = pid_ct * BLOCK_CT + tl.arange(0, BLOCK_CT)
     offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
     mask_ct = offs_ct < c_out
     mask_ci = offs_ci < c_in
-    in_range = (pid_ct * BLOCK_CT < c_out) & (tap < KS * KS)
-    if HAS_W:  # noqa: SIM102 -- a constexpr `if` and a runtime `if` do not merge in Triton
-        if in_range & (pid_ci * BLOCK_CI < c_in):
-            dh = tap // KS - KS // 2
-            dw = tap % KS - KS // 2
-            acc = tl.zeros((BLOCK_CT, BLOCK_CI), dtype=tl.float32)
-            # A fixed-order reduction over all (sample, position) pairs: deterministic, no atomics.
-            for n0 in range(0, total, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                mask_n = offs_n < total
-                bi = (offs_n // n_pos).to(tl.int64)
-                p = offs_n % n_pos
-                ph = p // width
-                pw = p % width
-                dz = tl.load(dz_ptr + bi[None, :] * s_dz[0] + offs_ct[:, None] * s_dz[1] + ph[None, :] * s_dz[2]
-                             + pw[None, :] * s_dz[3], mask=mask_ct[:, None] & mask_n[None, :], other=0.0)
-                ih = ph + dh
-                iw = pw + dw
-                valid = mask_n & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-                x_t = tl.load(h_ptr + bi[:, None] * s_h[0] + offs_ci[None, :] * s_h[1] + ih[:, None] * s_h[2]
-                              + iw[:, None] * s_h[3], mask=valid[:, None] & mask_ci[None, :], other=0.0)
-                acc = _mma(dz, x_t, acc, DOT_DTYPE, TF32)
+    first = split * split_batch
+    if (pid_ct * BLOCK_CT < c_out) & (pid_ci * BLOCK_CI < c_in) & (tap < KS * KS) & (first < batch):
+        dh = tap // KS - KS // 2
+        dw = tap % KS - KS // 2
+        # This CTA's share of the (sample, position) reduction: whole samples [first, last).
+        start = first * n_pos
+        end = tl.minimum(first + split_batch, batch) * n_pos
+        acc = tl.zeros((BLOCK_CT, BLOCK_CI), dtype=tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < end
+            bi = (offs_n // n_pos).to(tl.int64)
+            p = offs_n % n_pos
+            ph = p // width
+            pw = p % width
+            dz = tl.load(dz_ptr + bi[None, :] * s_dz[0] + offs_ct[:, None] * s_dz[1] + ph[None, :] * s_dz[2]
+                         + pw[None, :] * s_dz[3], mask=mask_ct[:, None] & mask_n[None, :], other=0.0)
+            ih = ph + dh
+            iw = pw + dw
+            valid = mask_n & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+            x_t = tl.load(h_ptr + bi[:, None] * s_h[0] + offs_ci[None, :] * s_h[1] + ih[:, None] * s_h[2]
+                          + iw[:, None] * s_h[3], mask=valid[:, None] & mask_ci[None, :], other=0.0)
+            acc = _mma(dz, x_t, acc, DOT_DTYPE, TF32)
+        mask = mask_ct[:, None] & mask_ci[None, :]
+        if SPLIT:
+            # fp32 partial sums laid out (split, C_t, tap, C_in): the reduce kernel adds them in split order.
+            ptrs = part_ptr + ((split * c_out + offs_ct[:, None]).to(tl.int64) * (KS * KS) + tap) * c_in \
+                + offs_ci[None, :]
+            tl.store(ptrs, acc, mask=mask)
+        else:
             ptrs = gw_ptr + offs_ct[:, None] * s_gw[0] + offs_ci[None, :] * s_gw[1] + (tap // KS) * s_gw[2] \
                 + (tap % KS) * s_gw[3]
-            tl.store(ptrs, acc.to(gw_ptr.dtype.element_ty), mask=mask_ct[:, None] & mask_ci[None, :])
-    if HAS_BIAS:  # noqa: SIM102
-        if in_range & (pid_ci == 0) & (tap == 0):
-            # The per-sample partial sums of dL/dz, added in sample order: deterministic.
-            acc_b = tl.zeros((BLOCK_CT,), dtype=tl.float32)
-            for sample in range(batch):
-                acc_b += tl.load(bias_part_ptr + sample * c_out + offs_ct, mask=mask_ct, other=0.0)
-            tl.store(gb_ptr + offs_ct, acc_b.to(gb_ptr.dtype.element_ty), mask=mask_ct)
+            tl.store(ptrs, acc.to(gw_ptr.dtype.element_ty), mask=mask)
 
 
-@_autotuned(WARPS["grad_weight"], _SHAPE_KEY + ["s_dzs", "s_hs", "s_gws"] + _TEACHER_KEY)
+@_autotuned(WARPS["grad_weight"], _SHAPE_KEY + ["split_batch", "s_dzs", "s_hs", "s_gws", "KS", "HAS_W", "DOT_DTYPE",
+                                                "TF32", "SPLIT"])
 @triton.jit
 def feed_grad_weight_kernel(
-    dzs, hs, bias_parts, gws, gbs, batch, c_ins, c_outs, heights, widths, s_dzs, s_hs, s_gws, ci_tiles,
-    KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    TF32: tl.constexpr, BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_TEACHERS: tl.constexpr,
+    dzs, hs, gws, parts, batch, split_batch, c_ins, c_outs, heights, widths, s_dzs, s_hs, s_gws, ci_tiles, splits,
+    KS: tl.constexpr, HAS_W: tl.constexpr, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_CT: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_N: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
-    """Grid (max C_t tiles * max C_in tiles, max taps, K): grad_w[ct, ci, tap] = sum_{b,p} dz h and
-    grad_bias[ct] = sum_b bias_parts[b, ct], each in its parameter's dtype and strides."""
+    """Grid (max C_t tiles * max C_in tiles * splits, max taps, K): grad_w[ct, ci, tap] = sum_{b,p} dz h over one
+    split of the batch (`split_batch` whole samples). One split: written in the weight's dtype and strides;
+    several (SPLIT): fp32 partials, summed in split order by `feed_grad_reduce_kernel` (no atomics)."""
     pid = tl.program_id(0)
     tap = tl.program_id(1)
     k = tl.program_id(2)
-    pid_ct = pid // ci_tiles
-    pid_ci = pid % ci_tiles
+    split = pid % splits
+    pid_ct = pid // splits // ci_tiles
+    pid_ci = pid // splits % ci_tiles
+    for j in tl.static_range(NUM_TEACHERS):
+        if HAS_W[j]:  # noqa: SIM102 -- a constexpr `if` and a runtime `if` do not merge in Triton
+            if k == j:
+                _grad_weight_one_teacher(
+                    dzs[j], hs[j], gws[j], parts[j], pid_ct, pid_ci, split, tap, batch, split_batch, c_ins[j],
+                    c_outs[j], heights[j], widths[j], s_dzs[j], s_hs[j], s_gws[j], KS[j], DOT_DTYPE[j], TF32[j],
+                    SPLIT, BLOCK_CT[j], BLOCK_CI[j], BLOCK_N[j],
+                )
+
+
+@triton.jit
+def _reduce_weight_block(part_ptr, gw_ptr, pid, splits, c_in, c_out, s_gw, KS: tl.constexpr, BLOCK_E: tl.constexpr):
+    """grad_w over one block of BLOCK_E weight elements, in (C_t, tap, C_in) order: the fp32 partials of every
+    split added in split order, written in the weight's dtype and strides."""
+    numel = c_out * KS * KS * c_in
+    offs = pid * BLOCK_E + tl.arange(0, BLOCK_E)
+    if pid * BLOCK_E < numel:
+        mask = offs < numel
+        acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        ptrs = part_ptr + offs
+        for _ in range(splits):
+            acc += tl.load(ptrs, mask=mask, other=0.0)
+            ptrs += numel
+        ci = offs % c_in
+        tap = offs // c_in % (KS * KS)
+        ct = offs // c_in // (KS * KS)
+        ptrs = gw_ptr + ct * s_gw[0] + ci * s_gw[1] + (tap // KS) * s_gw[2] + (tap % KS) * s_gw[3]
+        tl.store(ptrs, acc.to(gw_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _reduce_bias_block(bias_part_ptr, gb_ptr, pid, batch, c_out, BLOCK_RB: tl.constexpr, BLOCK_CB: tl.constexpr):
+    """grad_bias[c] = sum_b bias_parts[b, c] for BLOCK_CB channels: BLOCK_RB samples at a time, each tile summed
+    as a tree across the CTA's lanes (not one sample after another), tiles in sample order: deterministic."""
+    offs_c = pid * BLOCK_CB + tl.arange(0, BLOCK_CB)
+    if pid * BLOCK_CB < c_out:
+        mask_c = offs_c < c_out
+        acc = tl.zeros((BLOCK_CB,), dtype=tl.float32)
+        for r0 in range(0, batch, BLOCK_RB):
+            rows = r0 + tl.arange(0, BLOCK_RB)
+            tile = tl.load(bias_part_ptr + rows[:, None].to(tl.int64) * c_out + offs_c[None, :],
+                           mask=(rows < batch)[:, None] & mask_c[None, :], other=0.0)
+            acc += tl.sum(tile, axis=0)
+        tl.store(gb_ptr + offs_c, acc.to(gb_ptr.dtype.element_ty), mask=mask_c)
+
+
+@_autotuned(WARPS["grad_reduce"], ["batch", "c_ins", "c_outs", "w_blocks", "splits", "s_gws", "KS", "HAS_W",
+                                   "HAS_BIAS", "SPLIT", "BLOCK_CB"])
+@triton.jit
+def feed_grad_reduce_kernel(
+    parts, bias_parts, gws, gbs, batch, c_ins, c_outs, s_gws, w_blocks, splits,
+    KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_RB: tl.constexpr, BLOCK_CB: tl.constexpr, NUM_TEACHERS: tl.constexpr,
+):
+    """Grid (w_blocks + max bias blocks, K), the second pass of the weight and bias gradients: programs below
+    `w_blocks` sum the split partials of BLOCK_E weight elements (only when the weight pass was split), the rest
+    reduce BLOCK_CB channels of the bias over the batch from the per-sample partials of the dz pass."""
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
     for j in tl.static_range(NUM_TEACHERS):
         if k == j:
-            _grad_weight_one_teacher(
-                dzs[j], hs[j], bias_parts[j], gws[j], gbs[j], pid_ct, pid_ci, tap, batch, c_ins[j], c_outs[j],
-                heights[j], widths[j], s_dzs[j], s_hs[j], s_gws[j], KS[j], HAS_W[j], HAS_BIAS[j], DOT_DTYPE[j],
-                TF32[j], BLOCK_CT[j], BLOCK_CI[j], BLOCK_N[j],
-            )
+            if pid < w_blocks:
+                if SPLIT and HAS_W[j]:
+                    _reduce_weight_block(parts[j], gws[j], pid, splits, c_ins[j], c_outs[j], s_gws[j], KS[j],
+                                         BLOCK_E)
+            elif HAS_BIAS[j]:
+                _reduce_bias_block(bias_parts[j], gbs[j], pid - w_blocks, batch, c_outs[j], BLOCK_RB, BLOCK_CB)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -496,10 +564,32 @@ def feed_grad_weight_kernel(
 
 _TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 BLOCK_N = 64  # (sample, position) pairs per step of the backward GEMMs
+# The weight-gradient pass is split over the batch until it has this many CTAs per SM (at least one CTA on every
+# SM with some to spare for the uneven tail), each split holding at least this many (sample, position) pairs.
+SPLIT_CTAS_PER_SM = 2
+SPLIT_MIN_POSITIONS = 2 * BLOCK_N
+BLOCK_E = 512  # weight elements per program of the reduce pass (4 warps: one 16-byte load per thread and split)
+BIAS_TILE = 2048  # per-sample bias partials per tile of the reduce pass (BLOCK_RB samples x BLOCK_CB channels)
+# Launchers in launch order (the forward, then the backward's); tests and probes read the list here.
+KERNEL_NAMES = ("feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel",
+                "feed_grad_weight_kernel", "feed_grad_reduce_kernel")
 
 
 def _pow2_between(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(n)))
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+@functools.cache
+def _sm_count(device_type: str, index: int | None) -> int:
+    """SMs of the CUDA device; elsewhere (the interpreter, compile-only probes) the H100's, the target."""
+    if device_type == "cuda":
+        return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()
+                                                ).multi_processor_count
+    return H100.sms
 
 
 def _strides4(x):
@@ -523,7 +613,7 @@ class _Plan:
     """Per-teacher launch parameters shared by the forward and backward launches; built once per signature
     (shapes, strides, dtypes, GEMM dtypes, precision) and cached, so a training step does no planning."""
 
-    def __init__(self, h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32):
+    def __init__(self, h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32, sms):
         self.num = len(t_sig)
         self.batch = t_sig[0][0][0]
         self.c_ins = tuple(s[0][1] for s in h_sig)
@@ -561,6 +651,24 @@ class _Plan:
         self.c_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_ins, self.block_ci))
         self.ct_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_outs, self.block_ct))
         self.taps = max((k * k for k, has in zip(self.ks, self.has_w) if has), default=1)
+        # Weight gradient: (C_t tile, C_in tile, tap) output tiles for all K, each a reduction over B*H*W. Too few
+        # of them to fill the GPU (CIFAR: 27 for 132 SMs) -> split the batch into `splits` runs of `split_batch`
+        # whole samples, one CTA each, and add the fp32 partials in split order in the reduce pass.
+        tiles = self.ct_tiles * self.c_tiles * self.taps * self.num
+        splits = -(-SPLIT_CTAS_PER_SM * sms // tiles) if any(self.has_w) else 1
+        min_samples = -(-SPLIT_MIN_POSITIONS // min(self.positions))
+        self.split_batch = max(-(-self.batch // splits), min_samples) if splits > 1 else self.batch
+        self.splits = -(-self.batch // self.split_batch)
+        self.split = self.splits > 1
+        self.w_blocks = max((triton.cdiv(c * k * k * ci, BLOCK_E)
+                             for c, k, ci, has in zip(self.c_outs, self.ks, self.c_ins, self.has_w) if has),
+                            default=0) if self.split else 0
+        # Bias gradient: BLOCK_CB channels per program, as few as it takes to give every SM a program.
+        channels = sum(c for c, has in zip(self.c_outs, self.has_bias) if has)
+        self.block_cb = min(64, _pow2_floor(channels // sms))
+        self.block_rb = _pow2_between(self.batch, 1, BIAS_TILE // self.block_cb)
+        self.b_blocks = max((triton.cdiv(c, self.block_cb) for c, has in zip(self.c_outs, self.has_bias) if has),
+                            default=0)
 
     def teacher_constexprs(self) -> dict:
         return {"KS": self.ks, "HAS_W": self.has_w, "HAS_BIAS": self.has_bias, "DOT_DTYPE": self.dot_dtype,
@@ -568,14 +676,16 @@ class _Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32) -> _Plan:
-    return _Plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32)
+def _cached_plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32, sms) -> _Plan:
+    return _Plan(h_sig, t_sig, w_sig, b_sig, dot_dtypes, tf32, sms)
 
 
 def _plan(head_inputs, teachers, weights, biases, dot_dtypes, tf32) -> _Plan:
+    device = teachers[0].device
     return _cached_plan(
         tuple(_signature(x) for x in head_inputs), tuple(_signature(x) for x in teachers),
         tuple(_signature(x) for x in weights), tuple(_signature(x) for x in biases), tuple(dot_dtypes), bool(tf32),
+        _sm_count(device.type, device.index),
     )
 
 
@@ -641,12 +751,25 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
     # Gradients in the caller's tensors' own dtype and layout, so autograd never has to cast or copy them.
     grad_w = tuple(torch.empty_like(w) if w is not None else None for w in weights)
     grad_b = tuple(torch.empty_like(b) if b is not None else None for b in biases)
-    if any(plan.has_w) or any(plan.has_bias):
-        feed_grad_weight_kernel[(plan.ct_tiles * plan.c_tiles, plan.taps, plan.num)](
-            dzs, tuple(head_inputs), _or_dummy(bias_parts, dummy), _or_dummy(grad_w, dummy),
-            _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths,
-            s_dz, plan.s_h, tuple(_strides4(g) for g in grad_w), plan.c_tiles,
+    s_gw = tuple(_strides4(g) for g in grad_w)
+    parts = tuple(
+        torch.empty((plan.splits, c, k * k, ci), dtype=torch.float32, device=stats.device)
+        if plan.split and has_w else None
+        for c, k, ci, has_w in zip(plan.c_outs, plan.ks, plan.c_ins, plan.has_w)
+    )
+    if any(plan.has_w):
+        feed_grad_weight_kernel[(plan.ct_tiles * plan.c_tiles * plan.splits, plan.taps, plan.num)](
+            dzs, tuple(head_inputs), _or_dummy(grad_w, dummy), _or_dummy(parts, dummy), plan.batch,
+            plan.split_batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths, s_dz, plan.s_h, s_gw,
+            plan.c_tiles, plan.splits,
+            KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32, SPLIT=plan.split,
             BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, NUM_TEACHERS=plan.num,
-            **plan.teacher_constexprs(),
+        )
+    if plan.split or any(plan.has_bias):
+        feed_grad_reduce_kernel[(plan.w_blocks + plan.b_blocks, plan.num)](
+            _or_dummy(parts, dummy), _or_dummy(bias_parts, dummy), _or_dummy(grad_w, dummy),
+            _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, s_gw, plan.w_blocks, plan.splits,
+            KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, SPLIT=plan.split, BLOCK_E=BLOCK_E,
+            BLOCK_RB=plan.block_rb, BLOCK_CB=plan.block_cb, NUM_TEACHERS=plan.num,
         )
     return grad_h, grad_w, grad_b

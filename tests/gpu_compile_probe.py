@@ -16,90 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime import driver
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kernel_figures import compile_case, mma_counts, resource_usage, use_compile_only_driver
 
 VARIANTS = ("bf16", "fp32", "fp32_tf32")
-KERNELS = ("feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel", "feed_grad_weight_kernel")
-
-
-class CompileOnlyDriver:
-    """Just enough of Triton's driver interface to compile (never to launch) for `arch`."""
-
-    def __init__(self, arch: int) -> None:
-        self.target = GPUTarget("cuda", arch, 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
-    def is_active(self):
-        return True
-
-
-class CompileOnlyLauncher:
-    """Stands in for `kernel[grid]`: compiles with `warmup` and records the result instead of launching."""
-
-    def __init__(self, name, kernel, sink):
-        self.name, self.kernel, self.sink = name, kernel, sink
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            compiled = self.kernel.warmup(*args, grid=grid, **kwargs)
-            # An autotuned kernel compiles one binary per config.
-            for binary in compiled if isinstance(compiled, list) else [compiled]:
-                self.sink.append((self.name, binary))
-
-        return launch
-
-
-def resource_usage(cubin: bytes) -> dict:
-    """Registers per thread and stack bytes (cuobjdump -res-usage), and the local-memory loads and stores in the
-    machine code (SASS LDL/STL): the kernels have no local arrays, so any of those is a register spill."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return {
-        "registers": int(found[1]) if found else None,
-        "stack_bytes": int(found[2]) if found else None,
-        "spill_stores": len(re.findall(r"\bSTL(?:\.\w+)*\b", sass)),
-        "spill_loads": len(re.findall(r"\bLDL(?:\.\w+)*\b", sass)),
-    }
-
-
-def mma_counts(ptx: str) -> dict:
-    """Tensor-core instructions in the PTX, by operand type (`.tf32` operands = TF32 rounding)."""
-    mma = [line for line in ptx.splitlines() if "wgmma.mma_async" in line or "mma.sync" in line]
-    return {
-        "wgmma": sum("wgmma.mma_async" in line for line in mma),
-        "mma_sync": sum("mma.sync" in line for line in mma),
-        "tf32_mma": sum(".tf32" in line for line in mma),
-        "bf16_mma": sum(".bf16" in line for line in mma),
-    }
 
 
 def case(variant: str):
@@ -122,24 +50,11 @@ def case(variant: str):
 
 
 def main(arch: int, variants) -> None:
-    driver.set_active(CompileOnlyDriver(arch))
+    use_compile_only_driver(arch)
     import feed_fast.kernels.feed_loss as kernels
 
     for variant in variants:
-        compiled = []
-        originals = {name: getattr(kernels, name) for name in KERNELS}
-        for name in KERNELS:
-            setattr(kernels, name, CompileOnlyLauncher(name, originals[name], compiled))
-        try:
-            head_inputs, teachers, weights, biases, dots, tf32 = case(variant)
-            scales = (1.0,) * len(teachers)
-            kernels.feed_forward(head_inputs, teachers, weights, biases, scales, dots, tf32, 0.1, 1e-12)
-            kernels.feed_backward(torch.ones(3, 2), torch.ones(3, 2, kernels.STATS), head_inputs, teachers, weights,
-                                  biases, scales, dots, tf32, 0.1, 1e-12)
-        finally:
-            for name in KERNELS:
-                setattr(kernels, name, originals[name])
-        for name, kernel in compiled:
+        for name, _grid, kernel in compile_case(kernels, case(variant)):
             cubin = kernel.asm.get("cubin", b"")
             print(json.dumps({
                 "variant": variant,

@@ -26,10 +26,9 @@ TOLERANCE = {("cpu", torch.float32): 2e-5, ("cuda", torch.float32): 1e-4,
              ("cpu", torch.float16): 5e-3, ("cuda", torch.float16): 1e-2}
 
 
-def make_case(spec, dtype, device, seed=0, channels_last=False, bias=True, weight_dtype=None):
+def make_case(spec, dtype, device, seed=0, channels_last=False, bias=True, weight_dtype=None, batch=3):
     """spec: list of (C_in, C_t, H, W, kernel) per teacher; kernel 0 = no conv (C_in must equal C_t)."""
     gen = torch.Generator().manual_seed(seed)
-    batch = 3
 
     def rand(*shape, dt=dtype, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dt)
@@ -223,6 +222,46 @@ def test_deterministic(device):
         second = loss_and_grads(*case, "triton", negative_slope=0.1)
     assert torch.equal(first[0], second[0])
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+def launch_plan(case, dtype=torch.float32):
+    from feed_fast.kernels import feed_loss as kernels
+
+    students, teachers, weights, biases = case
+    return kernels._plan(students, teachers, [kernels.gemm_weight(w) for w in weights], biases,
+                         [dtype] * len(teachers), False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_gradient_split_over_the_batch(device):
+    """Small heads have too few weight-gradient tiles to fill the GPU: the batch is split over more CTAs and the
+    reduce pass adds their fp32 partials in split order. Same gradients as float64, and deterministic."""
+    case = make_case([(5, 7, 8, 8, 3), (6, 9, 8, 8, 1), (4, 4, 8, 8, 0)], torch.float32, device, seed=23, batch=8)
+    plan = launch_plan(case)
+    assert plan.splits == 4 and plan.split_batch == 2, (plan.splits, plan.split_batch)
+    with pinned_config():
+        first = check_against_float64(case, torch.float32, device, negative_slope=0.1)
+        second = loss_and_grads(*case, "triton", reduction="none", negative_slope=0.1,
+                                upstream=torch.randn(3, 8, generator=torch.Generator().manual_seed(7)).to(device))
+    assert all(torch.equal(a, b) for a, b in zip(first, second[1]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bias_gradient_reduced_in_tiles_of_samples(device, monkeypatch):
+    """The bias gradient sums per-sample partials a tile of samples at a time (here 2, so 3 samples take two
+    tiles, the second one masked) and, on a GPU of few SMs, several channels per program (here 2 of 7 and 6)."""
+    from feed_fast.kernels import feed_loss as kernels
+
+    monkeypatch.setattr(kernels, "BIAS_TILE", 4)
+    monkeypatch.setattr(kernels, "_sm_count", lambda *_: 4)
+    kernels._cached_plan.cache_clear()
+    try:
+        case = make_case([(5, 7, 3, 3, 3), (6, 6, 2, 2, 0)], torch.float32, device, seed=24)
+        plan = launch_plan(case)
+        assert (plan.block_cb, plan.block_rb, plan.b_blocks) == (2, 2, 4)
+        check_against_float64(case, torch.float32, device, negative_slope=0.1)
+    finally:
+        kernels._cached_plan.cache_clear()
 
 
 @pytest.mark.parametrize("device", DEVICES)
