@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import sampling
 from .base import Batch, EpochLoader
 from .normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, normalize_uint8
 
@@ -111,7 +110,7 @@ class CifarLoader(EpochLoader):
         for batch, indices in enumerate(batch_indices, start=first_batch):
             images, labels = self.images[indices], self.labels[indices]
             if self.train:
-                self._generator.manual_seed(sampling.batch_seed(self.seed, epoch, batch, self.shard_id))
+                self._generator.manual_seed(self.batch_seed(epoch, batch))  # by its place in the global order
                 rows, cols = crop_flip_indices(len(indices), self._generator, self.device)
                 padded = F.pad(images, (PAD, PAD, PAD, PAD))
                 images = padded[torch.arange(len(indices), device=self.device)[:, None, None, None],

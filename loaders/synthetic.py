@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from . import sampling
 from .base import Batch, EpochLoader
 
 SYNTHETIC_BATCHES = 10  # default epoch length, in batches per shard
@@ -57,7 +56,7 @@ class SyntheticLoader(EpochLoader):
         size = self.image_size
         for batch, indices in enumerate(batch_indices, start=first_batch):
             labels = self._labels[indices]
-            self._noise_generator.manual_seed(sampling.batch_seed(self.seed, epoch, batch, self.shard_id))
+            self._noise_generator.manual_seed(self.batch_seed(epoch, batch))  # by its global place
             images = F.interpolate(self._patterns[labels], size=(size, size), mode="nearest")
             noise = torch.randn(images.shape, generator=self._noise_generator, device=self.device)
             images = (images + NOISE_STD * noise).to(self.dtype).contiguous(memory_format=self.memory_format)
