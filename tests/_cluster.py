@@ -93,8 +93,8 @@ def float_params(path) -> dict:
 
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def records(run: Path, name: str = "metrics.jsonl") -> list[dict]:

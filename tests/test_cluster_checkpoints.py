@@ -12,7 +12,16 @@ import time
 import pytest
 import torch
 import yaml
-from _cluster import Watched, assert_same, feed_fast_command, last_position, outcome, params, records, tiny_config
+from _cluster import (
+    Watched,
+    assert_same,
+    feed_fast_command,
+    last_position,
+    outcome,
+    params,
+    records,
+    tiny_config,
+)
 
 from feed_fast.cli import main
 from feed_fast.engine import train

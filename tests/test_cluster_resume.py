@@ -6,8 +6,8 @@ threads, a longer multistep schedule) and refuses everything else in one line na
 recorded in the run folder."""
 from __future__ import annotations
 
-import signal
 import shutil
+import signal
 
 import pytest
 import torch
@@ -23,8 +23,8 @@ from _cluster import (
     run,
     tiny_config,
 )
-from _recipe import signal_after_step
 from _loader_data import write_cifar
+from _recipe import signal_after_step
 
 from feed_fast.cli import main
 from feed_fast.engine import train

@@ -154,8 +154,8 @@ def _now() -> str:
 
 class StartReport:
     """Rank 0's block at the start of training (stderr, unless train.progress is none), once the starting point
-    is known, and its record in attempts.jsonl: processes, per-process batch, accumulate, global batch, lr, device, precision, data and loss
-    backends, and where a resumed run continues from."""
+    is known, and its record in attempts.jsonl: processes, per-process batch, accumulate, global batch, lr,
+    device, precision, data and loss backends, and where a resumed run continues from."""
 
     def __init__(self, run_dir: Path, resume: bool, note: str | None, changes: dict) -> None:
         self.run_dir, self.resume, self.note, self.changes = run_dir, resume, note, changes
@@ -198,16 +198,16 @@ class StartReport:
         if backend == "auto":
             backend += " (torch off CUDA)" if runtime.device.type != "cuda" else " (chosen per call: docs/ops.md)"
         loss = f"{cfg.method.name}, FEED backend {backend}" if uses_feed else f"{cfg.method.name} (no FEED term)"
+        processes = f"{layout.processes} process{'es' if layout.processes != 1 else ''}"
         lines = [
             f"feed-fast train: {head}",
-            f"  processes  {layout.processes} ({launcher}), device {runtime.device}, precision "
-            f"{runtime.precision.name}",
-            f"  batch      {layout.micro_batch} per process x accumulate {layout.accumulate} x {layout.processes} "
-            f"process{'es' if layout.processes != 1 else ''} = global batch {layout.global_batch} per optimizer step",
-            f"  lr         {cfg.optim.lr:g} for the global batch {layout.global_batch} ({cfg.schedule.name} schedule, "
-            f"{steps} steps per epoch, {epochs} epochs)",
-            f"  data       {cfg.data.dataset} ({data_backend}), {steps * layout.global_batch} training samples per "
-            f"epoch",
+            f"  processes  {processes} ({launcher}), device {runtime.device}, precision {runtime.precision.name}",
+            f"  batch      {layout.micro_batch} per process x accumulate {layout.accumulate} x {processes} = global "
+            + f"batch {layout.global_batch} per optimizer step",
+            f"  lr         {cfg.optim.lr:g} for the global batch {layout.global_batch} ({cfg.schedule.name} "
+            + f"schedule, {steps} steps per epoch, {epochs} epochs)",
+            f"  data       {cfg.data.dataset} ({data_backend}), {steps * layout.global_batch} training samples "
+            + "per epoch",
             f"  loss       {loss}",
         ]
         if self.note:

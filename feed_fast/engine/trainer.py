@@ -18,6 +18,7 @@ it was written with (layout.py) and the position as an optimizer step of the epo
 another number of processes resumes at the same step and sample."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -149,10 +150,8 @@ class GenerationTrainer:
     def finish_pending_write(self) -> None:
         """On the way out after an error: let a checkpoint under way reach the disk; its own error, if any, is
         dropped (the first error is the one reported)."""
-        try:
+        with contextlib.suppress(Exception):
             self.writer.wait()
-        except Exception:  # noqa: BLE001
-            pass
 
     def run_epochs(self, max_epochs: int | None) -> bool:
         """The epoch loop; True when stopped before the end of the schedule."""

@@ -24,7 +24,8 @@ def stop_signal_number(name: str) -> int:
     full = full.upper()
     number = getattr(signal.Signals, full, None) if full.isidentifier() else None
     if number is None or full in UNCATCHABLE or full in RESERVED:
-        why = "cannot be caught" if full in UNCATCHABLE else "is not a stop request" if number else "is not a signal here"
+        why = ("cannot be caught" if full in UNCATCHABLE else "is not a stop request" if number
+               else "is not a signal here")
         raise ValueError(f"{name!r} {why}; give a signal such as SIGUSR2, SIGHUP or SIGQUIT (SIGINT, SIGTERM "
                          "and SIGUSR1 always stop a run)")
     return int(number)
