@@ -124,6 +124,15 @@ def _mma(a, b, acc, DOT_DTYPE: tl.constexpr, TF32: tl.constexpr):
 
 
 @triton.jit
+def _tap_and_k0(step, k_tiles, KS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Step `step` of a loop over (tap, reduction tile), taps outermost -> (tap, first channel of the tile)."""
+    if KS == 1:
+        return 0, step * BLOCK_K
+    tap = step // k_tiles
+    return tap, (step - tap * k_tiles) * BLOCK_K
+
+
+@triton.jit
 def _head_preact(
     h_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
     s_hb, s_hc, s_hh, s_hw, s_wo, s_wi, s_wh, s_ww,
@@ -139,22 +148,25 @@ def _head_preact(
     h_base = h_ptr + b.to(tl.int64) * s_hb
     if HAS_W:
         acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-        for tap in tl.static_range(KS * KS):
+        k_tiles = tl.cdiv(c_in, BLOCK_K)
+        # One loop over (tap, input-channel tile), not a loop per tap: the software pipeline fills once per output
+        # tile and stays full across taps (a loop per tap drains it KS*KS times, each loop c_in/BLOCK_K deep).
+        for step in range(KS * KS * k_tiles):
+            tap, k0 = _tap_and_k0(step, k_tiles, KS, BLOCK_K)
             ih = ph + (tap // KS - KS // 2)
             iw = pw + (tap % KS - KS // 2)
             valid_p = mask_p & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-            for k0 in range(0, c_in, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                mask_k = offs_k < c_in
-                w = tl.load(
-                    w_ptr + offs_c[:, None] * s_wo + offs_k[None, :] * s_wi + (tap // KS) * s_wh + (tap % KS) * s_ww,
-                    mask=mask_c[:, None] & mask_k[None, :], other=0.0,
-                )
-                x = tl.load(
-                    h_base + offs_k[:, None] * s_hc + ih[None, :] * s_hh + iw[None, :] * s_hw,
-                    mask=mask_k[:, None] & valid_p[None, :], other=0.0,
-                )
-                acc = _mma(w, x, acc, DOT_DTYPE, TF32)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < c_in
+            w = tl.load(
+                w_ptr + offs_c[:, None] * s_wo + offs_k[None, :] * s_wi + (tap // KS) * s_wh + (tap % KS) * s_ww,
+                mask=mask_c[:, None] & mask_k[None, :], other=0.0,
+            )
+            x = tl.load(
+                h_base + offs_k[:, None] * s_hc + ih[None, :] * s_hh + iw[None, :] * s_hw,
+                mask=mask_k[:, None] & valid_p[None, :], other=0.0,
+            )
+            acc = _mma(w, x, acc, DOT_DTYPE, TF32)
     else:
         acc = tl.load(
             h_base + offs_c[:, None] * s_hc + ph[None, :] * s_hh + pw[None, :] * s_hw,
@@ -379,25 +391,26 @@ def _grad_input_one_teacher(
         ph = p // width
         pw = p % width
         acc = tl.zeros((BLOCK_CI, BLOCK_N), dtype=tl.float32)
-        for tap in tl.static_range(KS * KS):
+        k_tiles = tl.cdiv(c_out, BLOCK_K)
+        for step in range(KS * KS * k_tiles):  # one pipelined loop over (tap, C_t tile), as in _head_preact
+            tap, k0 = _tap_and_k0(step, k_tiles, KS, BLOCK_K)
             # y[p] reads h[p + off]; so h[q] receives dz[q - off].
             oh = ph - (tap // KS - KS // 2)
             ow = pw - (tap % KS - KS // 2)
             valid = mask_n & (oh >= 0) & (oh < height) & (ow >= 0) & (ow < width)
-            for k0 in range(0, c_out, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                mask_k = offs_k < c_out
-                w_t = tl.load(
-                    w_ptr + offs_ci[:, None] * s_w[1] + offs_k[None, :] * s_w[0]
-                    + (tap // KS) * s_w[2] + (tap % KS) * s_w[3],
-                    mask=mask_ci[:, None] & mask_k[None, :], other=0.0,
-                )
-                dz = tl.load(
-                    dz_ptr + bi[None, :] * s_dz[0] + offs_k[:, None] * s_dz[1] + oh[None, :] * s_dz[2]
-                    + ow[None, :] * s_dz[3],
-                    mask=mask_k[:, None] & valid[None, :], other=0.0,
-                )
-                acc = _mma(w_t, dz, acc, DOT_DTYPE, TF32)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < c_out
+            w_t = tl.load(
+                w_ptr + offs_ci[:, None] * s_w[1] + offs_k[None, :] * s_w[0]
+                + (tap // KS) * s_w[2] + (tap % KS) * s_w[3],
+                mask=mask_ci[:, None] & mask_k[None, :], other=0.0,
+            )
+            dz = tl.load(
+                dz_ptr + bi[None, :] * s_dz[0] + offs_k[:, None] * s_dz[1] + oh[None, :] * s_dz[2]
+                + ow[None, :] * s_dz[3],
+                mask=mask_k[:, None] & valid[None, :], other=0.0,
+            )
+            acc = _mma(w_t, dz, acc, DOT_DTYPE, TF32)
         ptrs = gh_ptr + bi[None, :] * s_gh[0] + offs_ci[:, None] * s_gh[1] + ph[None, :] * s_gh[2] \
             + pw[None, :] * s_gh[3]
         tl.store(ptrs, acc.to(gh_ptr.dtype.element_ty), mask=mask_ci[:, None] & mask_n[None, :])
