@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from feed_fast.loaders import build_loader, dali_available
-from gpu_check_report import now_utc  # a sibling: the script's folder is on sys.path
+from gpu_check_report import help_texts, now_utc  # a sibling: the script's folder is on sys.path
 from PIL import Image
 
 from feed_fast.environment import environment, optional_version
@@ -80,7 +80,7 @@ def loader_environment(device: torch.device) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**help_texts(__doc__))
     parser.add_argument("--data", help="an image folder root (train/, val/); default: build one")
     parser.add_argument("--images", type=int, default=192, help="images per split in the built folder")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="batches skipped before timing")
     parser.add_argument("--batches", type=int, default=None, help="batches timed (default: the rest of an epoch)")
     parser.add_argument("--cifar-images", type=int, default=50000, help="CIFAR-100 training images (random)")
-    parser.add_argument("--out", help="write the results as JSON here (e.g. benchmarks/results/loaders_cpu.json)")
+    parser.add_argument("--out", help="write the results as JSON here (a GPU run: benchmarks/results/loaders_<gpu>.json; "
+                        "a CPU one: the ignored benchmarks/results/local/)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)

@@ -15,7 +15,9 @@ it goes, so a part cut short keeps what it measured, and never writes a figure i
 
 Parts (b) and (c) are pytest and bench_feed_loss.py runs that gpu_check.sh starts itself. --smoke runs the same
 code on the CPU with tiny models (ResNet-8 students and teachers, 16 px), fp32, the Triton kernels in Triton's
-interpreter: it proves the plumbing, and its figures say `smoke: true`.
+interpreter, and (d) compiled with torch.compile's aot_eager backend (the same compiled units, resume and lr
+handling; Inductor's C++ build alone takes minutes on 2 cores): it proves the plumbing, and its records say
+`smoke: true`.
 
 How (d) reads the lr a step used: SGD with momentum (no Nesterov, no dampening) updates p <- p - lr * m with m
 the new momentum buffer (weight decay included), so lr = <p_before - p_after, m> / <m, m> on one parameter,
@@ -280,6 +282,11 @@ def step_checks(rows: list[dict], cuda: bool) -> tuple[dict, list[str]]:
         checks[name]["lr_tensor_max_rel_error"] = max(tensors, default=None)
         if tensors and max(tensors) > LR_TOLERANCE:
             problems.append(f"{name}: the static lr tensor does not hold the schedule's lr")
+        # without a graph (the CPU) every step runs the compiled units: after the first, nothing may compile
+        recompiled = [r["index"] for r in seg if r["index"] >= 1 and r["compiles"]] if not cuda else []
+        if recompiled:
+            problems.append(f"{name}: Dynamo compiled again on steps {recompiled} (a value the units guard on "
+                            "changes every step, e.g. an lr read as a Python float)")
         if cuda:
             if len(replays) < 2:
                 problems.append(f"{name}: {len(replays)} graph replays (the graph was not captured, or too few steps)")
@@ -296,6 +303,24 @@ def step_checks(rows: list[dict], cuda: bool) -> tuple[dict, list[str]]:
         if not checks["resume_continues_schedule"]:
             problems.append("after the resume the schedule started over instead of going on")
     return checks, problems
+
+
+@contextlib.contextmanager
+def default_compile_backend(backend: str):
+    """torch.compile calls that name no backend use `backend` inside the block (the engine names none)."""
+    import torch
+
+    original = torch.compile
+
+    def compile_with(model=None, **kwargs):
+        kwargs.setdefault("backend", backend)
+        return original(**kwargs) if model is None else original(model, **kwargs)
+
+    torch.compile = compile_with
+    try:
+        yield
+    finally:
+        torch.compile = original
 
 
 def step_config(preset: dict, teacher_file: Path, steps_per_epoch: int) -> dict:
@@ -332,11 +357,13 @@ def part_step_resume(args) -> int:
               "setting": {**{k: preset[k] for k in ("student", "teacher", "teachers", "batch", "image_size",
                                                      "classes", "precision", "channels_last")},
                           "model_kwargs": preset["kwargs"], "train_compile": "step", "feed_backend": "auto",
+                          "compile_backend": "aot_eager" if args.smoke else "inductor",
                           "schedule": "cosine, 3 epochs (2 run)", "steps_per_epoch": steps_per_epoch,
                           "lr_tolerance": LR_TOLERANCE, "synthetic_data": True, "random_teacher_weights": True},
               "segments": {}, "steps": []}
     observer = StepObserver(device)
-    with tempfile.TemporaryDirectory(prefix="feed_fast_quick_") as scratch, observer.watching():
+    backend = default_compile_backend("aot_eager") if args.smoke else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="feed_fast_quick_") as scratch, observer.watching(), backend:
         torch.manual_seed(1)
         teacher = build_model(preset["teacher"], preset["classes"], **preset["kwargs"])
         teacher_file = Path(scratch) / "teacher.pt"

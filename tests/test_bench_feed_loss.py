@@ -201,6 +201,8 @@ def smoke_report(tmp_path_factory):
         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600, check=False,
     )
     assert f"wrote {out}" in result.stdout, result.stdout + result.stderr
+    if fused_importable():  # the table labels the interpreter's rows
+        assert "triton [triton-interpreter]" in result.stdout and "hybrid [triton-interpreter]" in result.stdout
     return result.returncode, json.loads(out.read_text())
 
 
@@ -217,6 +219,16 @@ def test_smoke_run_writes_the_json_report(smoke_report):
 
     results = {(r["layout"], r["impl"]): r for r in report["results"]}
     assert set(results) == {(layout, impl) for layout in grid.LAYOUTS for impl in impls.IMPLS}
+    # every row says whether it ran in Triton's interpreter: the kernel rows do here, auto (torch on a CPU) not
+    for (_, impl), r in results.items():
+        assert r["triton_interpreter"] is (impl in impls.KERNEL_IMPLS and fused_importable()), (impl, r)
+        if r["status"] == "ok":
+            assert r["timing_excludes_compilation"] and r["compiles_while_timed"] == 0 and r["warmup_steps"] >= 0
+    for row in report["summary"]:
+        assert all(s["triton_interpreter"] is (impl in impls.KERNEL_IMPLS) for impl, s in row["vs_eager"].items())
+    if fused_importable():
+        assert report["settings"]["kernels_interpreted"] is True
+        assert any("[triton-interpreter]" in note for note in report["notes"])
     for (layout, impl), r in results.items():
         if impl in impls.KERNEL_IMPLS and not fused_importable():
             assert r["status"] == "skipped" and "fused kernels not available" in r["note"]
@@ -298,11 +310,53 @@ def test_spread_and_default_output():
     assert bench.spread([3.0]) == {"p20_ms": 3.0, "median_ms": 3.0, "p80_ms": 3.0, "min_ms": 3.0}
     s = bench.spread([float(v) for v in range(1, 11)])
     assert s["p20_ms"] == pytest.approx(2.8) and s["median_ms"] == 5.5 and s["p80_ms"] == pytest.approx(8.2)
-    cpu_path = bench.default_out(CPU, smoke=True)
-    assert bench.RESULTS_DIR not in cpu_path.parents and cpu_path.name == "feed_loss_cpu_smoke.json"
+    cpu_path = bench.default_out(CPU, smoke=True)  # not for committing: the folder git ignores
+    assert cpu_path.parent == bench.LOCAL_RESULTS_DIR and cpu_path.name == "feed_loss_cpu_smoke.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(cpu_path)], cwd=BENCH_DIR.parent, check=False)
+    assert ignored.returncode == 0
     assert bench.slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
     h100 = bench.roofline(grid.FULL_SHAPES[1], 3, 1000.0, "NVIDIA H100 80GB HBM3")
     assert h100["tflops_fraction_of_limit"] == pytest.approx(grid.useful_flops(grid.FULL_SHAPES[1], 3) / 1e12 / 800)
+
+
+def test_without_a_gpu_the_script_runs_the_kernel_rows_in_the_interpreter(tmp_path):
+    """`make bench` on a CPU: nobody sets TRITON_INTERPRET, and the triton and hybrid rows still run (in the
+    interpreter, labelled), where they used to be skipped."""
+    if not fused_importable():
+        pytest.skip("needs triton")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench_feed_loss.py"), "--shapes", "smoke_cifar_like", "--kernel-sizes", "1",
+         "--layouts", "channels_last", "--impls", "triton", "eager", "--iters", "1", "--no-sweep", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["triton"]["status"] == "ok" and rows["triton"]["triton_interpreter"] is True
+    assert rows["eager"]["triton_interpreter"] is False
+    assert "triton [triton-interpreter]" in result.stdout
+
+
+def test_a_timing_with_a_compile_in_it_is_redone_or_left_out():
+    import warmup
+
+    compiled = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    sizes = iter(range(1, 100))
+
+    def timed(start):  # every call a new shape: Dynamo compiles each time
+        compiled(torch.ones(next(sizes)))
+        return [1.0]
+
+    times, record = warmup.time_without_compiles(timed, lambda start: {"warmup_steps": 0})
+    assert times is None and record["compiles_while_timed"] == warmup.MAX_RETIMES + 1
+    assert record["retimed"] == warmup.MAX_RETIMES
+
+    steady = torch.compile(lambda x: x + 1, backend="eager", dynamic=False)
+    x = torch.ones(3)
+    warmed = warmup.warm_up(lambda i: steady(x), min_steps=1, max_steps=10)
+    assert warmed["settled"] and warmed["compiles_in_warmup"] == 1 and warmed["warmup_steps"] == 3  # 1 + 2 quiet
+    times, record = warmup.time_without_compiles(lambda start: [steady(x) is not None and 1.0], lambda s: {})
+    assert times == [1.0] and record == {"compiles_while_timed": 0, "retimed": 0}
 
 
 def test_bad_arguments_are_refused(capsys):

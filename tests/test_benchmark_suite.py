@@ -1,6 +1,7 @@
 """The pytest-benchmark suite under benchmarks/ works as its docstring says: `pytest benchmarks --benchmark-only`
 times it despite pyproject's --benchmark-disable, --benchmark-autosave saves a run that names the device and
-versions, --benchmark-compare compares against it, and the grid is the shared one (tiny on the CPU)."""
+versions, --benchmark-compare compares against it, the grid is the shared one (tiny on the CPU), and a case run in
+Triton's interpreter says so in its name and extra_info."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def test_the_grid_is_the_shared_one():
     full = collected_ids("--feed-grid", "full")
     assert len(full) == len(feed_loss_shapes.FULL_SHAPES) * 2 * 2 * impls  # shapes x kernels x layouts x impls
     assert any("imagenet_r50_teacher-k3-nchw-triton" in test_id for test_id in full)
+    # no GPU here: the kernel cases run in Triton's interpreter, and their names (what every table shows) say so
+    for test_id in smoke:
+        kernel_case = any(f"-{impl}" in test_id.split("[")[1] for impl in feed_loss_impls.KERNEL_IMPLS)
+        assert test_id.endswith("-triton-interpreter]") == kernel_case, test_id
+
+
+def test_an_interpreted_case_is_labelled_in_the_saved_run(tmp_path):
+    out = tmp_path / "run.json"
+    result = pytest_benchmarks("--benchmark-only", f"--benchmark-json={out}", "-k", "k1 and hybrid")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (bench,) = json.loads(out.read_text())["benchmarks"]
+    assert bench["name"].endswith("-hybrid-triton-interpreter]") and bench["extra_info"]["triton_interpreter"] is True
+    assert "triton-interpreter" in result.stdout  # pytest-benchmark's table
 
 
 def test_autosave_then_compare(tmp_path):
@@ -55,6 +69,7 @@ def test_autosave_then_compare(tmp_path):
     for bench in run["benchmarks"]:
         assert bench["stats"]["rounds"] >= 1 and bench["stats"]["median"] > 0
         assert bench["extra_info"]["kernel_size"] == 1 and bench["extra_info"]["useful_flops"] > 0
+        assert bench["extra_info"]["triton_interpreter"] is False  # eager and torch run no Triton kernel
 
     second = pytest_benchmarks("--benchmark-only", "--benchmark-compare", f"--benchmark-storage={storage}", *QUICK)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -1,9 +1,13 @@
 """benchmarks/bench_step.py: the pFEED step against its floor (student step + teachers' forward + translators'
 forward and backward), through the engine's own parts, in a JSON report naming device, versions, shapes and
 dtypes. Structural figures only, never timings: the dispatched ops of a pFEED step at K=3 dropped below the count
-measured before issue #11, and the step dispatches at most 5 % more than its parts alone."""
+measured before issue #11, and the step dispatches at most 5 % more than its parts alone. Every timed figure comes
+after a warm-up that compiled nothing (issue #17), the profiler's own log lines stay out of the output, and a mode
+that ran the Triton kernels in the interpreter says so."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,8 +52,12 @@ def test_report_names_device_versions_shapes_and_every_part(smoke_report):
     assert eager["precision"] == "fp32" and eager["optimizer_impl"] == "foreach" and not eager["cuda_graph"]
     assert eager["translator_bodies"] == 1  # the 3 translators' bodies run as one grouped body
     assert set(eager["parts"]) == {"student_step", "teachers_forward", "translators", "pfeed_step"}
+    assert eager["triton_interpreter"] is False and eager["triton_launches_per_pfeed_step"] == 0  # auto: torch
     for part in eager["parts"].values():
         assert part["ms"] > 0 and part["images_per_sec"] > 0 and part["dispatched_ops"] > 0
+        assert part["timing_excludes_compilation"] and part["compiles_while_timed"] == 0
+        assert part["warmup_steps"] >= setting["warmup"] and part["settled"]
+        assert part["images_per_sec"] == pytest.approx(setting["batch"] / part["median_ms"] * 1e3)
         assert part["host_cpu_ms"] > 0 and sum(part["dispatched_by_op"].values()) == part["dispatched_ops"]
     for name in ("student_step", "pfeed_step"):
         assert set(eager["parts"][name]["sections_ms"]) == set(setting["sections"])
@@ -69,6 +77,37 @@ def test_a_pfeed_step_dispatches_less_than_before_and_little_more_than_its_parts
     # no copy of the teachers' maps any more, and the grouped bodies: two body convs forward, two backward
     assert "aten::clone" not in parts["pfeed_step"]["dispatched_by_op"]
     assert parts["translators"]["dispatched_by_op"]["aten::convolution_backward"] == 2 + 3  # bodies + 3 heads
+
+
+def test_the_output_has_no_profiler_noise_and_labels_the_interpreter(tmp_path):
+    out = tmp_path / "step.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script chooses it
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_step.py"), "--smoke", "--backend", "hybrid", "--warmup", "1",
+         "--iters", "1", "--profile-steps", "1", "--threads", "1", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    for noise in ("profiler_start", "profiler_stop", "gpuGetDeviceCount", "USDT:", "Completed Stage"):
+        assert noise not in output, output
+    eager = json.loads(out.read_text())["results"]["eager"]
+    assert eager["triton_interpreter"] is True and eager["triton_launches_per_pfeed_step"] > 0
+    assert "[eager] [triton-interpreter]" in result.stdout and "interpreter's, not a GPU's" in result.stdout
+
+
+def test_profiler_noise_is_dropped_and_other_lines_kept(capfd):
+    step_profile = load("step_profile")
+    assert step_profile.is_profiler_noise(
+        "USDT:2026-12-07 10:05:52 4546:4546 SyncActivityProfilerHandler.cpp:39] profiler_start")
+    assert step_profile.is_profiler_noise(
+        "ERROR:2026-12-07 10:05:52 4546:4546 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35")
+    assert not step_profile.is_profiler_noise(
+        "ERROR:2026-12-07 10:05:52 4546:4546 CuptiActivityApi.cpp:10] CUPTI_ERROR_INSUFFICIENT_PRIVILEGES")
+    assert not step_profile.is_profiler_noise("UserWarning: something a reader needs")
+    with step_profile.quiet_profiler_logs():
+        os.write(2, b"USDT:2026-12-07 10:05:52 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"a line that matters\n")
+    assert capfd.readouterr().err == "a line that matters\n"
 
 
 def test_the_profile_counts_work_once_and_skips_views():
