@@ -78,6 +78,18 @@ class Watched:
         return self.proc.returncode, "".join(self.seen) + rest
 
 
+def worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with that RANK (its children, read from /proc)."""
+    children = []
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    for pid in children:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
 def params(path) -> dict:
     """What an exact resume must reproduce: the student, the translators and the optimizer's momentum."""
     ckpt = torch.load(path, weights_only=True)
