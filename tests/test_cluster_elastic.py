@@ -27,11 +27,11 @@ from _cluster import (
     worker_of_rank,
 )
 from _loader_data import write_cifar
+from feed_fast.loaders import build_loader
 
 from feed_fast.config import ConfigError, RunConfig
 from feed_fast.engine.checkpoint import student_export
 from feed_fast.engine.layout import Layout, new_layout, resumed_layout
-from feed_fast.loaders import build_loader
 from feed_fast.models import build_model
 
 STEPS = 12  # per epoch: 96 CIFAR samples, global batch 8
@@ -102,7 +102,7 @@ def test_two_processes_and_accumulate_two_see_the_same_micro_batches(tmp_path):
     """The loaders' layout: process r's n-th batch is global micro-batch n * P + r, images and augmentation
     alike, so [2 processes x 1] and [1 process x accumulate 2] cover each step's block the same way."""
     write_cifar(str(tmp_path), "cifar10", train=50, test=4)
-    make = lambda shard, shards: build_loader(str(tmp_path), "train", 4, dataset="cifar10", device="cpu",  # noqa: E731
+    make = lambda shard, shards: build_loader(str(tmp_path), "train", 4, dataset="cifar10", device="cpu",
                                               seed=5, shard_id=shard, num_shards=shards)
     one = list(make(0, 1).iter_from(1))
     halves = [list(make(r, 2).iter_from(1)) for r in range(2)]
@@ -137,8 +137,8 @@ def test_the_global_batch_is_kept_or_the_change_said_in_one_line():
     per_process = layout_config(batch_size=16)  # no global batch given: 16 x processes x accumulate
     assert new_layout(per_process, 4) == (Layout(4, 16, 1), None)
     written = Layout(4, 16, 1)  # a run started on 4 processes, continued on 2, then 3
-    assert resumed_layout(per_process, 2, written) == (Layout(2, 16, 2), "continued on 2 processes instead of 4: "
-                                                       "accumulate 2 (was 1) keeps the global batch 64")
+    note = "continued on 2 processes instead of 4: accumulate 2 (was 1) keeps the global batch 64"
+    assert resumed_layout(per_process, 2, written) == (Layout(2, 16, 2), note)
     with pytest.raises(ConfigError, match=r"written by 4 processes x 16 per micro-batch x accumulate 1 = global batch "
                                           r"64; on 3 processes no whole train.accumulate keeps that global batch with "
                                           r"16 images per micro-batch: continue it on 1, 2, 4 process\(es\)"):
