@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ..backend_choice import H100
 from ..numerics import NORM_SCALE_FLOOR as _NORM_SCALE_FLOOR
+from . import tiling
 
 # Triton's interpreter (3.8) computes tl.dot wrongly for bfloat16 operands. There the operands are rounded to
 # the low-precision dtype as on a GPU, then multiplied in float32: the same products, exactly.
@@ -576,24 +577,9 @@ def feed_grad_reduce_kernel(
 # replaced by a dummy pointer and switched off through the HAS_W / HAS_BIAS constexprs.
 
 _TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-BLOCK_N = 64  # (sample, position) pairs per step of the backward GEMMs
-# The weight-gradient pass is split over the batch until it has this many CTAs per SM (at least one CTA on every
-# SM with some to spare for the uneven tail), each split holding at least this many (sample, position) pairs.
-SPLIT_CTAS_PER_SM = 2
-SPLIT_MIN_POSITIONS = 2 * BLOCK_N
-BLOCK_E = 512  # weight elements per program of the reduce pass (4 warps: one 16-byte load per thread and split)
-BIAS_TILE = 2048  # per-sample bias partials per tile of the reduce pass (BLOCK_RB samples x BLOCK_CB channels)
 # Launchers in launch order (the forward, then the backward's); tests and probes read the list here.
 KERNEL_NAMES = ("feed_forward_kernel", "feed_grad_preact_kernel", "feed_grad_input_kernel",
                 "feed_grad_weight_kernel", "feed_grad_reduce_kernel")
-
-
-def _pow2_between(n: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(n)))
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
 
 
 @functools.cache
@@ -641,46 +627,31 @@ class _Plan:
         self.dot_torch_dtype = tuple(dot_dtypes)
         # IEEE fp32 unless the caller opted into TF32; meaningless for bf16/fp16 operands, so False there.
         self.tf32 = tuple(bool(tf32) and d == torch.float32 for d in dot_dtypes)
-        # GEMM depth per step: IEEE fp32 GEMMs are FMA loops that spill at 8 warps with 32-deep steps (ptxas
-        # caps them at 128 registers), 16 does not; tensor-core GEMMs take 32.
-        depth = tuple(16 if d == torch.float32 and not t else 32 for d, t in zip(dot_dtypes, self.tf32))
-        self.block_k = tuple(_pow2_between(c, 16, most) for c, most in zip(self.c_ins, depth))
-        # Output tiles of up to 64 x 64; IEEE fp32 forward tiles of 32 channels (ptxas spills the 64-channel FMA
-        # tile under Triton 3.8).
-        self.block_c = tuple(_pow2_between(c, 16, 32 if d == torch.float32 and not t else 64)
-                             for c, d, t in zip(self.c_outs, dot_dtypes, self.tf32))
-        self.block_p = tuple(_pow2_between(p, 16, 64) for p in self.positions)
-        self.single_tile = tuple(
-            c <= bc and p <= bp for c, p, bc, bp in zip(self.c_outs, self.positions, self.block_c, self.block_p)
-        )
+        # Block sizes per head (kernels/tiling.py, which the cost model reads too).
+        heads = [tiling.head_tiling(ci, c, p, d == torch.float32 and not t)
+                 for ci, c, p, d, t in zip(self.c_ins, self.c_outs, self.positions, dot_dtypes, self.tf32)]
+        for field in ("block_k", "block_c", "block_p", "single_tile", "block_ci", "block_co", "block_ct"):
+            setattr(self, field, tuple(getattr(head, field) for head in heads))
         self.s_h = tuple(s[1] for s in h_sig)
         self.s_t = tuple(t[1] for t in t_sig)
         self.s_w = tuple(w[1] if w is not None else (0, 0, 0, 0) for w in w_sig)
-        # Backward tiling: input-gradient tiles over (C_in, B*HW), weight-gradient tiles over (C_t, C_in).
-        self.block_ci = tuple(_pow2_between(c, 16, 64) for c in self.c_ins)
-        self.block_co = tuple(_pow2_between(c, 16, most) for c, most in zip(self.c_outs, depth))
-        self.block_ct = tuple(_pow2_between(c, 16, 64) for c in self.c_outs)
-        self.n_tiles = max(triton.cdiv(self.batch * p, BLOCK_N) for p in self.positions)
-        self.c_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_ins, self.block_ci))
-        self.ct_tiles = max(triton.cdiv(c, b) for c, b in zip(self.c_outs, self.block_ct))
+        # Backward grids: input-gradient tiles over (C_in, B*HW), weight-gradient tiles over (C_t, C_in, tap).
+        self.n_tiles = max(tiling.cdiv(self.batch * p, tiling.BLOCK_N) for p in self.positions)
+        self.c_tiles = max(tiling.cdiv(c, b) for c, b in zip(self.c_ins, self.block_ci))
+        self.ct_tiles = max(tiling.cdiv(c, b) for c, b in zip(self.c_outs, self.block_ct))
         self.taps = max((k * k for k, has in zip(self.ks, self.has_w) if has), default=1)
-        # Weight gradient: (C_t tile, C_in tile, tap) output tiles for all K, each a reduction over B*H*W. Too few
-        # of them to fill the GPU (CIFAR: 27 for 132 SMs) -> split the batch into `splits` runs of `split_batch`
-        # whole samples, one CTA each, and add the fp32 partials in split order in the reduce pass.
-        tiles = self.ct_tiles * self.c_tiles * self.taps * self.num
-        splits = -(-SPLIT_CTAS_PER_SM * sms // tiles) if any(self.has_w) else 1
-        min_samples = -(-SPLIT_MIN_POSITIONS // min(self.positions))
-        self.split_batch = max(-(-self.batch // splits), min_samples) if splits > 1 else self.batch
-        self.splits = -(-self.batch // self.split_batch)
-        self.split = self.splits > 1
-        self.w_blocks = max((triton.cdiv(c * k * k * ci, BLOCK_E)
+        # Too few weight-gradient tiles to fill the GPU (CIFAR: 27 for 132 SMs) -> the batch is split into
+        # `splits` runs of `split_batch` whole samples, one CTA each; the reduce pass adds the fp32 partials.
+        split = tiling.weight_split(self.batch, self.ct_tiles * self.c_tiles * self.taps * self.num,
+                                    min(self.positions), sms) if any(self.has_w) else tiling.WeightSplit(1, self.batch)
+        self.splits, self.split_batch, self.split = split.splits, split.split_batch, split.splits > 1
+        self.w_blocks = max((tiling.cdiv(c * k * k * ci, tiling.BLOCK_E)
                              for c, k, ci, has in zip(self.c_outs, self.ks, self.c_ins, self.has_w) if has),
                             default=0) if self.split else 0
         # Bias gradient: BLOCK_CB channels per program, as few as it takes to give every SM a program.
-        channels = sum(c for c, has in zip(self.c_outs, self.has_bias) if has)
-        self.block_cb = min(64, _pow2_floor(channels // sms))
-        self.block_rb = _pow2_between(self.batch, 1, BIAS_TILE // self.block_cb)
-        self.b_blocks = max((triton.cdiv(c, self.block_cb) for c, has in zip(self.c_outs, self.has_bias) if has),
+        bias = tiling.bias_blocks(self.batch, sum(c for c, has in zip(self.c_outs, self.has_bias) if has), sms)
+        self.block_cb, self.block_rb = bias.block_cb, bias.block_rb
+        self.b_blocks = max((tiling.cdiv(c, self.block_cb) for c, has in zip(self.c_outs, self.has_bias) if has),
                             default=0)
 
     def teacher_constexprs(self) -> dict:
@@ -759,7 +730,8 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
             dzs, _or_dummy(gemm_weights, dummy), grad_h, plan.batch, plan.c_ins, plan.c_outs, plan.heights,
             plan.widths, s_dz, plan.s_w, tuple(_strides4(g) for g in grad_h),
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32,
-            BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, BLOCK_K=plan.block_co, NUM_TEACHERS=plan.num,
+            BLOCK_CI=plan.block_ci, BLOCK_N=(tiling.BLOCK_N,) * plan.num, BLOCK_K=plan.block_co,
+            NUM_TEACHERS=plan.num,
         )
     # Gradients in the caller's tensors' own dtype and layout, so autograd never has to cast or copy them.
     grad_w = tuple(torch.empty_like(w) if w is not None else None for w in weights)
@@ -776,13 +748,14 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
             plan.split_batch, plan.c_ins, plan.c_outs, plan.heights, plan.widths, s_dz, plan.s_h, s_gw,
             plan.c_tiles, plan.splits,
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32, SPLIT=plan.split,
-            BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(BLOCK_N,) * plan.num, NUM_TEACHERS=plan.num,
+            BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(tiling.BLOCK_N,) * plan.num,
+            NUM_TEACHERS=plan.num,
         )
     if plan.split or any(plan.has_bias):
         feed_grad_reduce_kernel[(plan.w_blocks + plan.b_blocks, plan.num)](
             _or_dummy(parts, dummy), _or_dummy(bias_parts, dummy), _or_dummy(grad_w, dummy),
             _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, s_gw, plan.w_blocks, plan.splits,
-            KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, SPLIT=plan.split, BLOCK_E=BLOCK_E,
+            KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, SPLIT=plan.split, BLOCK_E=tiling.BLOCK_E,
             BLOCK_RB=plan.block_rb, BLOCK_CB=plan.block_cb, NUM_TEACHERS=plan.num,
         )
     return grad_h, grad_w, grad_b

@@ -251,8 +251,9 @@ def test_bias_gradient_reduced_in_tiles_of_samples(device, monkeypatch):
     """The bias gradient sums per-sample partials a tile of samples at a time (here 2, so 3 samples take two
     tiles, the second one masked) and, on a GPU of few SMs, several channels per program (here 2 of 7 and 6)."""
     from feed_fast.kernels import feed_loss as kernels
+    from feed_fast.kernels import tiling
 
-    monkeypatch.setattr(kernels, "BIAS_TILE", 4)
+    monkeypatch.setattr(tiling, "BIAS_TILE", 4)
     monkeypatch.setattr(kernels, "_sm_count", lambda *_: 4)
     kernels._cached_plan.cache_clear()
     try:
