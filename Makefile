@@ -20,6 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# A GPU: the full grid -> benchmarks/results/. A CPU: the smoke grid, the triton and hybrid rows in Triton's
+# interpreter (labelled [triton-interpreter]) -> benchmarks/results/local/ (ignored). See docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_feed_loss.py
 
