@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from .base import EpochLoader
+from .transforms import NO_AUGMENT, Augment
 
 DATASETS = ("imagefolder", "cifar100", "cifar10", "synthetic")
 BACKENDS = ("auto", "dali", "torchvision")
@@ -24,7 +25,7 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
                  seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool | None = None,
                  dtype: torch.dtype | None = None, skip_corrupt: bool = False, download: bool = False,
                  num_classes: int | None = None, memory_format: torch.memory_format | None = None,
-                 classes: Sequence[str] | None = None) -> EpochLoader:
+                 classes: Sequence[str] | None = None, augment: Augment | None = None) -> EpochLoader:
     """An iterable with len() of (images (B, 3, H, W) normalized float, labels int64) on `device`
     (default: CUDA if available, else CPU). See the README's "Input pipelines".
 
@@ -41,6 +42,9 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
     the training split's: root/train's class folders, sorted, for every split (a split holding a class folder
     train lacks is refused naming it; a training class it has no images of is a warning); a root without
     train/ labels its split by its own folders.
+    augment applies to imagefolder only: torchvision's recipe switches after the training crop and flip
+    (`transforms.Augment`: auto-augment ops, random erasing; docs/recipe.md), the same on both backends; the
+    val split is never augmented.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -53,8 +57,11 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
         raise ValueError(f"num_classes is only for dataset='synthetic'; {dataset!r} reads its classes from the data")
     if dataset != "imagefolder" and classes is not None:
         raise ValueError(f"classes is only for dataset='imagefolder'; {dataset!r} has fixed class indices")
+    if dataset != "imagefolder" and augment is not None and augment.active:
+        raise ValueError(f"augment is only for dataset='imagefolder' (both backends); {dataset!r} has its own "
+                         "augmentation")
     loader = _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
-                          classes, common)
+                          classes, common, augment or NO_AUGMENT)
     if len(loader) == 0:
         raise ValueError(f"{dataset} {split!r} (root={root!r}) has {loader.dataset_size} samples, "
                          f"{loader.num_samples} of them for shard {shard_id}/{num_shards}: not one batch of "
@@ -63,7 +70,7 @@ def build_loader(root, split: str, batch_size: int, *, dataset: str = "imagefold
 
 
 def _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_corrupt, download, num_classes,
-                 classes, common) -> EpochLoader:
+                 classes, common, augment) -> EpochLoader:
     if dataset == "synthetic":
         from .synthetic import SyntheticLoader
 
@@ -81,8 +88,8 @@ def _make_loader(root, split, batch_size, dataset, backend, num_threads, skip_co
         from .dali_backend import DaliImageFolderLoader
 
         return DaliImageFolderLoader(root, split, batch_size, num_threads=num_threads,
-                                     skip_corrupt=skip_corrupt, classes=classes, **common)
+                                     skip_corrupt=skip_corrupt, classes=classes, augment=augment, **common)
     from .torchvision_backend import TorchvisionImageFolderLoader
 
     return TorchvisionImageFolderLoader(root, split, batch_size, num_threads=num_threads,
-                                        skip_corrupt=skip_corrupt, classes=classes, **common)
+                                        skip_corrupt=skip_corrupt, classes=classes, augment=augment, **common)

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from nvidia.dali import fn, math, pipeline_def, types
+from nvidia.dali.pipeline import do_not_convert
+from nvidia.dali.auto_aug.core import signed_bin
 from PIL import Image
 
 from .base import Batch
@@ -30,7 +32,7 @@ from .folder import FolderLoader
 from .integrity import CorruptImageError, find_unreadable, image_error
 from .native_log import claim_native_logs, holding_native_logs
 from .normalize import IMAGENET_MEAN, IMAGENET_STD
-from .transforms import val_resize_size
+from .transforms import NO_AUGMENT, NUM_MAGNITUDE_BINS, Augment, augment_space, val_resize_size
 
 PREFETCH = 2  # DALI batches prepared ahead of the one being consumed
 READ_AHEAD = 3  # batches of encoded files read from disk ahead of DALI
@@ -57,19 +59,111 @@ def torchvision_val_geometry(encoded, shorter: int, crop: int):
             center_fraction(new_width), center_fraction(new_height))
 
 
-@pipeline_def
-def folder_pipeline(source, *, train: bool, image_size: int, decoder: str, images_dtype, images_layout: str,
-                    labels_to_gpu: bool):
+def auto_augment_suite(policy: str, image_size: int) -> list:
+    """torchvision's ops of `policy` in torchvision's order (`transforms.augment_space`), as DALI augmentations
+    (`nvidia.dali.auto_aug.augmentations`) taking torchvision's magnitude table for an image_size² image, so an op
+    index and a bin drawn on the host mean the same op and magnitude on both backends. Where DALI's op reads its
+    parameter otherwise, the mapping says how (each checked against torchvision in tests/test_recipe_augment.py)."""
+    import math as pymath
+
+    from nvidia.dali.auto_aug import augmentations as aa
+
+    equalize, sharpness = equalize_and_sharpness()
+    ops = {
+        "Identity": aa.identity,
+        # torchvision's F.affine shears the other way round from DALI's transforms.shear (about the top-left corner
+        # in both)
+        "ShearX": aa.shear_x.augmentation(mag_to_param=lambda m: [-m, 0.0]),
+        "ShearY": aa.shear_y.augmentation(mag_to_param=lambda m: [0.0, -m]),
+        # torchvision translates by int(magnitude): whole pixels, truncated toward 0
+        "TranslateX": aa.translate_x_no_shape.augmentation(mag_to_param=lambda m: [float(int(m)), 0.0]),
+        "TranslateY": aa.translate_y_no_shape.augmentation(mag_to_param=lambda m: [0.0, float(int(m))]),
+        "Rotate": aa.rotate,
+        "Brightness": aa.brightness,  # factor 1 + magnitude, as torchvision's adjust_* take it
+        "Color": aa.color,
+        "Contrast": aa.contrast,
+        "Sharpness": sharpness,  # PIL's smoothing kernel; PIL leaves a 1-pixel border unsharpened
+        "Posterize": aa.posterize,  # the magnitude is the bits kept
+        # torchvision inverts pixels >= 255 * magnitude; DALI compares in float32, so the threshold is given as the
+        # smallest whole value that is >= it (the pixels are whole numbers): exact
+        "Solarize": aa.solarize.augmentation(mag_to_param=lambda m: float(pymath.ceil(255.0 * m))),
+        "AutoContrast": aa.auto_contrast,
+        "Equalize": equalize,  # OpenCV's histogram formula on DALI, PIL's on torchvision: close, not equal
+    }
+    suite = []
+    for name, magnitudes, signed in augment_space(policy):
+        table = magnitudes(NUM_MAGNITUDE_BINS, image_size, image_size)
+        op = ops[name]
+        if table is not None:
+            op = op.augmentation(mag_range=table.double().numpy(), randomly_negate=signed, name=name)
+        suite.append(op)
+    return suite
+
+
+def select_op(suite: list, index, first: int, last: int, **kwargs):
+    """`suite[index](**kwargs)` per sample (index a batch of ints in [first, last]), by halving the batch with
+    DALI's conditionals, as auto_aug's own `select` does; the ops themselves are called unconverted
+    (`apply_op`): AutoGraph converting DALI's augmentation code cost seconds per pipeline."""
+    if first == last:
+        return apply_op(suite[first], **kwargs)
+    middle = (first + last) // 2
+    if index <= middle:
+        images = select_op(suite, index, first, middle, **kwargs)
+    else:
+        images = select_op(suite, index, middle + 1, last, **kwargs)
+    return images
+
+
+@do_not_convert
+def apply_op(op, **kwargs):
+    return op(**kwargs)
+
+
+def equalize_and_sharpness():
+    """auto_aug's equalize and sharpness on `fn.equalize` / `fn.filter`: DALI 2.4's own still call the
+    `fn.experimental` aliases, which print a deprecation warning no filter silences (DALI forces it on)."""
+    from nvidia.dali.auto_aug import augmentations as aa
+    from nvidia.dali.auto_aug.core import augmentation
+
+    equalize_op = getattr(fn, "equalize", None) or fn.experimental.equalize
+    filter_op = getattr(fn, "filter", None) or fn.experimental.filter
+
+    @augmentation
+    def equalize(data, _):
+        return equalize_op(data)
+
+    @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=aa.sharpness_kernel, param_device="auto")
+    def sharpness(data, kernel):
+        return filter_op(data, kernel)
+
+    return equalize, sharpness
+
+
+def folder_graph(source, *, train: bool, image_size: int, decoder: str, images_dtype, images_layout: str,
+                 labels_to_gpu: bool, augment: Augment = NO_AUGMENT):
     # EXIF orientation is not applied, as Pillow (and so torchvision's ImageFolder) does not apply it: the
     # crop windows are in the stored image's pixels.
+    num_ops, erasing = (augment.ops_per_sample, augment.random_erase > 0) if train else (0, False)
     if train:
-        encoded, labels, anchor, shape, mirror = fn.external_source(
-            source=source, num_outputs=5, batch=True, dtype=[types.UINT8, types.INT64] + [types.INT32] * 3)
+        inputs = fn.external_source(source=source, num_outputs=5 + 3 * bool(num_ops) + 2 * erasing, batch=True,
+                                    dtype=[types.UINT8, types.INT64] + [types.INT32] * (3 + 3 * bool(num_ops))
+                                    + [types.FLOAT] * (2 * erasing))
+        encoded, labels, anchor, shape, mirror, *drawn = inputs
         # Decode only the crop window drawn on the host (absolute (x, y) and (width, height)), then scale it.
         images = fn.decoders.image_slice(encoded, anchor, shape, device=decoder, output_type=types.RGB,
                                          adjust_orientation=False)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         crop_x = crop_y = 0.5
+        if num_ops:
+            # torchvision's order: crop, flip, then the ops (a shear or a rotation does not commute with the flip)
+            op_index, op_bin, op_negate, *drawn = drawn
+            images, mirror = fn.flip(images, horizontal=mirror), 0
+            suite = auto_augment_suite(augment.auto_augment, image_size)
+            for level in range(num_ops):  # the ops drawn on the host, in order; nothing random in DALI
+                images = select_op(suite, op_index[level], 0, len(suite) - 1, data=images,
+                                   magnitude_bin=signed_bin(op_bin[level], random_sign=op_negate[level]),
+                                   num_magnitude_bins=NUM_MAGNITUDE_BINS, fill_value=0,
+                                   interp_type=types.INTERP_LINEAR)
     else:
         encoded, labels = fn.external_source(source=source, num_outputs=2, batch=True,
                                              dtype=[types.UINT8, types.INT64])
@@ -81,7 +175,15 @@ def folder_pipeline(source, *, train: bool, image_size: int, decoder: str, image
     images = fn.crop_mirror_normalize(images, crop=(image_size, image_size), crop_pos_x=crop_x, crop_pos_y=crop_y,
                                       mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
                                       mirror=mirror, dtype=images_dtype, output_layout=images_layout)
+    if erasing:  # RandomErasing, value 0, on the normalized image: (y, x) anchor, (height, width) shape
+        erase_anchor, erase_shape = drawn
+        images = fn.erase(images, anchor=erase_anchor, shape=erase_shape, axis_names="HW", fill_value=0)
     return images, (labels.gpu() if labels_to_gpu else labels)
+
+
+folder_pipeline = pipeline_def(folder_graph)
+# auto_aug's `select` splits the batch by op with DALI's conditionals (`if` on a DataNode)
+augmented_folder_pipeline = pipeline_def(enable_conditionals=True)(folder_graph)
 
 
 def read_encoded(paths: list[str]) -> list[np.ndarray]:
@@ -138,11 +240,12 @@ class DaliImageFolderLoader(FolderLoader):
         self._sizes = np.zeros((self.dataset_size, 2), np.int32)
 
     def _pipeline(self, source):
-        pipe = folder_pipeline(source, train=self.train, image_size=self.image_size, decoder=self._decoder,
-                               images_dtype=self._dali_dtype, images_layout=self._layout,
-                               labels_to_gpu=self._device_id is not None, batch_size=self.batch_size,
-                               num_threads=max(1, self.num_threads), device_id=self._device_id,
-                               prefetch_queue_depth=PREFETCH, exec_dynamic=False)
+        define = augmented_folder_pipeline if self.augment.ops_per_sample else folder_pipeline
+        pipe = define(source, train=self.train, image_size=self.image_size, decoder=self._decoder,
+                      images_dtype=self._dali_dtype, images_layout=self._layout,
+                      labels_to_gpu=self._device_id is not None, augment=self.augment, batch_size=self.batch_size,
+                      num_threads=max(1, self.num_threads), device_id=self._device_id,
+                      prefetch_queue_depth=PREFETCH, exec_dynamic=False)
         pipe.build()
         return pipe
 
@@ -160,6 +263,23 @@ class DaliImageFolderLoader(FolderLoader):
         return (np.array([(c.left, c.top) for c in crops], np.int32).reshape(-1, 2),
                 np.array([(c.width, c.height) for c in crops], np.int32).reshape(-1, 2),
                 np.array([c.flip for c in crops], np.int32))
+
+    def augment_inputs(self, epoch: int, indices: list[int]) -> tuple[np.ndarray, ...]:
+        """The pipeline's inputs for the recipe's switches, from each sample's own draws (`train_augment`): with
+        auto-augment, op indices, magnitude bins and negation flags, int32 (N, ops); with random erasing, the
+        boxes' (y, x) anchors and (height, width) shapes, float32 (N, 2), zero-sized where nothing is erased."""
+        if not self.augment.active:
+            return ()
+        drawn = [self.train_augment(epoch, i) for i in indices]
+        inputs = ()
+        if self.augment.ops_per_sample:
+            ops = np.array([[tuple(op) for op in d.ops] for d in drawn], np.int32).reshape(
+                len(indices), self.augment.ops_per_sample, 3)
+            inputs += (ops[..., 0].copy(), ops[..., 1].copy(), ops[..., 2].copy())
+        if self.augment.random_erase > 0:
+            boxes = np.array([d.erase or (0, 0, 0, 0) for d in drawn], np.float32).reshape(-1, 4)
+            inputs += (boxes[:, :2].copy(), boxes[:, 2:].copy())
+        return inputs
 
     def _to_torch(self, images, labels) -> Batch:
         if self._device_id is None:
@@ -198,7 +318,7 @@ class DaliImageFolderLoader(FolderLoader):
                     except Exception:  # noqa: BLE001 -- Pillow raises many types; the reason as data check gives it
                         unreadable[self.index.paths[i]] = image_error(self.index.paths[i]) or "unreadable header"
             readable = [i for i in indices if self._sizes[i, 0]]
-            return encoded, self.crop_windows(epoch, readable), unreadable
+            return encoded, self.crop_windows(epoch, readable) + self.augment_inputs(epoch, readable), unreadable
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-read") as reader:
             reads: deque = deque()

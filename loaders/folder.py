@@ -19,7 +19,7 @@ import torch
 from . import sampling
 from .base import EpochLoader
 from .integrity import report_corrupt
-from .transforms import TrainCrop, train_crop
+from .transforms import NO_AUGMENT, Augment, SampleAugment, TrainCrop, train_augment, train_crop
 
 FOLDER_IMAGE_SIZE = 224  # ImageNet's training size: the native size of an image folder (image_size=None)
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -105,7 +105,7 @@ class FolderLoader(EpochLoader):
     native_image_size = FOLDER_IMAGE_SIZE
 
     def __init__(self, root, split: str, batch_size: int, *, skip_corrupt: bool, num_threads: int,
-                 classes: Sequence[str] | None = None, **common):
+                 classes: Sequence[str] | None = None, augment: Augment = NO_AUGMENT, **common):
         if root is None:
             raise ValueError("root is required for dataset='imagefolder': the folder holding train/ and val/")
         split = "val" if split == "test" else split
@@ -122,6 +122,7 @@ class FolderLoader(EpochLoader):
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         self.num_threads = num_threads
         self.skip_corrupt = skip_corrupt
+        self.augment = augment if self.train else NO_AUGMENT  # the recipe's switches (transforms.Augment): training
         self.excluded: set[int] = set()  # dataset indices of files found broken (skip_corrupt)
         self._labels = torch.tensor(self.index.labels, dtype=torch.int64)
 
@@ -140,6 +141,10 @@ class FolderLoader(EpochLoader):
 
     def train_crop(self, epoch: int, index: int, height: int, width: int) -> TrainCrop:
         return train_crop(self.sample_seed(epoch, index), height, width)
+
+    def train_augment(self, epoch: int, index: int) -> SampleAugment:
+        """Sample `index`'s auto-augment ops and erase box in `epoch`, from the same seed as its crop."""
+        return train_augment(self.sample_seed(epoch, index), self.augment, self.image_size)
 
     def without_excluded(self, batch_indices: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         for indices in batch_indices:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from ..loaders.build import BACKENDS as DATA_BACKENDS
 from ..loaders.build import DATASETS, dali_available
+from ..loaders.transforms import AUTO_AUGMENTS, NUM_MAGNITUDE_BINS
 from ..methods import METHODS
 from ..runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ..validation import BACKENDS as LOSS_BACKENDS
@@ -71,6 +72,16 @@ class MethodConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """torchvision's recipe switches after the training crop and flip (image folders, both backends, the same
+    ops per sample; loaders.transforms.Augment, docs/recipe.md). Defaults: off."""
+    auto_augment: Literal[AUTO_AUGMENTS] | None = None  # torchvision's --auto-augment: ta_wide, ra
+    ra_num_ops: PositiveInt = 2  # RandAugment's num_ops
+    ra_magnitude: Annotated[int, AtLeast(0), Below(NUM_MAGNITUDE_BINS)] = 9  # torchvision's --ra-magnitude
+    random_erase: Fraction = 0.0  # torchvision's --random-erase: RandomErasing's p
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     dataset: Dataset = "cifar100"
     root: str = "data/cifar100"
@@ -88,6 +99,7 @@ class DataConfig:
     download: bool = False  # CIFAR only
     num_classes: PositiveInt | None = None  # synthetic only
     skip_corrupt: bool = False  # leave out unreadable images (with a warning) instead of failing
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # image folders only
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +109,14 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 5e-4  # translators included
     apex: bool = False  # apex's FusedSGD when importable (CUDA)
+    # torchvision's --norm-weight-decay / --bias-weight-decay, each a param group of its own (engine/optim.py);
+    # null: weight_decay. bias_weight_decay: every parameter named `bias`, norm layers' included;
+    # norm_weight_decay: the other parameters of norm layers (BatchNorm, LayerNorm, GroupNorm, ...).
+    norm_weight_decay: NonNegativeFloat | None = None
+    bias_weight_decay: NonNegativeFloat | None = None
+    # torchvision's --clip-grad-norm: the gradients of everything the optimizer updates scaled to this total
+    # L2 norm at most, before each update (no host sync). null: off.
+    clip_grad_norm: PositiveFloat | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +157,10 @@ class TrainConfig:
     # recipe switches (README "Training"): every method's CE term (validation loss stays plain CE)
     label_smoothing: Fraction = 0.0
     ema: EMAConfig = field(default_factory=EMAConfig)
+    # torchvision's --mixup-alpha / --cutmix-alpha: Beta(alpha, alpha) per batch, on the device after the loader
+    # (engine/mix.py); both > 0: one of the two per batch, at even odds. 0: off.
+    mixup_alpha: NonNegativeFloat = 0.0
+    cutmix_alpha: NonNegativeFloat = 0.0
     # micro-batches of data.batch_size per optimizer step (per process); steps, schedule, log_every and
     # max_steps_per_epoch count optimizer steps. Derived when data.global_batch_size is set, and changed by a
     # resume on another number of processes to keep the run's global batch.
@@ -233,6 +257,9 @@ def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
     elif check_paths and not data.download and not Path(data.root).exists():
         raise ConfigError(f"data.root {data.root!r} does not exist (dataset {data.dataset}); "
                           "point data.root at the data or set data.download=true for CIFAR")
+    if data.dataset != "imagefolder" and data.augment != AugmentConfig():
+        raise ConfigError(f"data.augment is for data.dataset=imagefolder (both backends); {data.dataset} has its "
+                          f"own augmentation: remove data.augment (got {asdict(data.augment)})")
     if data.dataset == "imagefolder" and data.backend == "dali" and not dali_available():
         raise ConfigError("data.backend=dali needs NVIDIA DALI: pip install 'feed-fast[dali]' (or "
                           "nvidia-dali-cuda120 for CUDA 12); data.backend=torchvision works without it")

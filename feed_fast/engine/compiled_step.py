@@ -138,6 +138,8 @@ class CompiledStep:
             step.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if last:
+            if step.clip is not None:  # optim.clip_grad_norm: foreach, nothing read on the host (optim.py)
+                step.clip()
             with self.lr.swapped_in():
                 self.update()
         return names, vector.detach()

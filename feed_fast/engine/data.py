@@ -2,10 +2,12 @@
 device and in the memory format the runtime decided; val takes the training split's classes."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import NamedTuple
 
 from ..config import ConfigError, RunConfig
 from ..loaders import EpochLoader, build_loader
+from ..loaders.transforms import Augment
 from ..runtime import Runtime
 
 
@@ -22,8 +24,9 @@ def build_loaders(cfg: RunConfig, runtime: Runtime) -> Loaders:
               "skip_corrupt": data.skip_corrupt, "download": data.download}
     if data.dataset == "synthetic":
         common["num_classes"] = data.num_classes
+    augment = Augment(**asdict(data.augment)) if data.dataset == "imagefolder" else None  # training only
     try:
-        train = build_loader(data.root, "train", data.batch_size, **common)
+        train = build_loader(data.root, "train", data.batch_size, augment=augment, **common)
         if data.dataset == "imagefolder":  # val is labelled with the training split's class indices
             common["classes"] = train.classes
         return Loaders(train, build_loader(data.root, "val", data.eval_batch_size, **common))

@@ -10,7 +10,10 @@ compiled units without graph breaks, replayed as one CUDA graph on a GPU (compil
 The recipe switches act here: `train.label_smoothing` is handed to the Distiller (every method's CE term);
 `train.accumulate` = N makes a call one micro-batch, N of them one optimizer step (each micro-batch's loss scaled
 by 1/N, gradients summed; under DDP synchronised on the N-th only, via `no_sync`); `train.ema` updates the
-student's moving average right after each optimizer step (ema.py)."""
+student's moving average right after each optimizer step (ema.py). torchvision's recipe (docs/recipe.md):
+`train.mixup_alpha` / `train.cutmix_alpha` mix each batch on the device before the teachers and the student see it
+(mix.py; the labels become soft), `optim.clip_grad_norm` clips the gradients before each update (optim.py), in
+every mode."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +31,8 @@ from ..models import build_model
 from ..runtime import Runtime
 from ..runtime.timing import BACKWARD, COMPILED_STEP, DATA_WAIT, OPTIMIZER, StepTimer
 from .ema import StudentEMA
-from .optim import build_optimizer, build_scheduler
+from .mix import BatchMix
+from .optim import GradientClip, build_optimizer, build_scheduler
 from .optimizer_state import accept_pre_grouping_state
 from .teachers import TeacherRunner, check_feature_shapes
 
@@ -73,7 +77,8 @@ class NamedLosses(dict):
 class TrainStep:
     def __init__(self, *, student: nn.Module, distiller: Distiller, teachers: TeacherRunner,
                  optimizer: torch.optim.Optimizer, scheduler, runtime: Runtime, mode: str = "eager",
-                 accumulate: int = 1, ema: StudentEMA | None = None) -> None:
+                 accumulate: int = 1, ema: StudentEMA | None = None, clip: GradientClip | None = None,
+                 mix: BatchMix | None = None) -> None:
         if mode not in STEP_MODES:
             raise ValueError(f"mode must be one of {STEP_MODES}, got {mode!r}")
         if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
@@ -81,6 +86,7 @@ class TrainStep:
         self.student, self.distiller, self.teachers = student, distiller, teachers
         self.optimizer, self.scheduler, self.runtime, self.mode = optimizer, scheduler, runtime, mode
         self.accumulate, self.ema = accumulate, ema
+        self.clip, self.mix = clip, mix  # optim.clip_grad_norm, train.mixup_alpha / cutmix_alpha (or None)
         self.micro = 0  # micro-batches of the current optimizer step done so far (0 between optimizer steps)
         self.scaler = runtime.precision.grad_scaler()
         self.timer = StepTimer(runtime.device)
@@ -132,8 +138,14 @@ class TrainStep:
             raise ConfigError(f"train.compile=step needs torch's SGD (its lr can live on the device); "
                               f"optim.apex gave {type(optimizer).__name__}: set optim.apex=false")
         scheduler = build_scheduler(optimizer, steps_per_epoch, cfg.schedule, cfg.optim.lr)
+        clip = GradientClip(optimizer, cfg.optim.clip_grad_norm) if cfg.optim.clip_grad_norm is not None else None
+        mix = None
+        if cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0:
+            mix = BatchMix(mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
+                           num_classes=num_classes, seed=seed, accumulate=cfg.train.accumulate,
+                           rank=runtime.dist.rank, world_size=runtime.dist.world_size)
         return cls(student=student, distiller=distiller, teachers=runner, optimizer=optimizer, scheduler=scheduler,
-                   runtime=runtime, mode=mode, accumulate=cfg.train.accumulate, ema=ema)
+                   runtime=runtime, mode=mode, accumulate=cfg.train.accumulate, ema=ema, clip=clip, mix=mix)
 
     def timed(self, batches: Iterable[Batch], limit: int | None = None) -> Iterator[Batch]:
         """The first `limit` batches (all when None), the wait for each recorded as the data_wait section."""
@@ -156,6 +168,8 @@ class TrainStep:
         """One micro-batch (one batch when train.accumulate is 1); the N-th of an optimizer step ends with the
         update. Returns its named losses (unscaled, 0-d tensors, not synced)."""
         first, last = self.micro == 0, self.micro + 1 == self.accumulate
+        if self.mix is not None:  # the teachers and the student see the same mixed batch; the labels become soft
+            images, labels = self.mix(images, labels, self.scheduler.last_epoch, self.micro)
         if self.compiled is not None:
             with self.timer(COMPILED_STEP):
                 names, vector = self.compiled(images, labels, first=first, last=last)
@@ -184,6 +198,9 @@ class TrainStep:
                 self.scaler.scale(total).backward()
         if last:
             with timer(OPTIMIZER):
+                if self.clip is not None:
+                    self.scaler.unscale_(self.optimizer)  # the true gradients' norm (fp16: the loss scale off)
+                    self.clip()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 if self.ema is not None:
