@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from nvidia.dali import fn, math, pipeline_def, types
-from nvidia.dali.pipeline import do_not_convert
 from nvidia.dali.auto_aug.core import signed_bin
+from nvidia.dali.pipeline import do_not_convert
 from PIL import Image
 
 from .base import Batch

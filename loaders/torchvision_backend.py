@@ -35,7 +35,7 @@ NO_ERASE = (0, 0, 0, 0)  # (top, left, height, width) of a sample nothing is era
 NO_DRAWS = SampleAugment((), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def auto_augment_transform(policy: str):
     """torchvision's v2 transform of `policy`, as train.py builds it (bilinear, fill 0): its op code applies the
     ops drawn from the sample's seed."""

@@ -118,7 +118,7 @@ class Augment:
 NO_AUGMENT = Augment()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def augment_space(policy: str) -> tuple[tuple[str, object, bool], ...]:
     """(op name, magnitudes(num_bins, height, width) -> tensor or None, signed) in torchvision's own order and
     with its own magnitude tables (`TrivialAugmentWide` / `RandAugment` of transforms.v2): one table for both

@@ -12,10 +12,6 @@ import numpy as np
 import pytest
 import torch
 from _loader_data import make_image_folder
-from PIL import Image
-from torchvision.transforms import InterpolationMode, v2
-
-from feed_fast.config import ConfigError, RunConfig
 from feed_fast.loaders import build_loader, dali_available
 from feed_fast.loaders.torchvision_backend import apply_auto_augment
 from feed_fast.loaders.transforms import (
@@ -27,6 +23,10 @@ from feed_fast.loaders.transforms import (
     train_augment,
     train_crop,
 )
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+from feed_fast.config import ConfigError, RunConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed (make test installs it)")
@@ -135,10 +135,9 @@ def test_each_op_means_the_same_on_both_backends(policy):
     torchvision's op code. Exact: identity, translations, posterize, solarize. Within a grey level: brightness,
     colour, contrast, autocontrast (rounding). Close: shears and rotations (the two bilinear warps differ at
     edges), sharpness (PIL leaves the border unsharpened), equalize (OpenCV's and PIL's formulas)."""
+    from feed_fast.loaders.dali_backend import auto_augment_suite, select_op
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug.core import signed_bin
-
-    from feed_fast.loaders.dali_backend import auto_augment_suite, select_op
 
     image, space = np.asarray(photo()), augment_space(policy)
     draws = [AugmentOp(op, b, negate) for op in range(len(space)) for b, negate in ((9, False), (20, True), (30, False))]

@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _recipe import CLASSES, assert_same_tensors, build_step, load, run_config, save_teacher, signal_after_step, training_batches
+from _recipe import (
+    CLASSES,
+    assert_same_tensors,
+    build_step,
+    load,
+    run_config,
+    save_teacher,
+    signal_after_step,
+    training_batches,
+)
 from torchvision.transforms import v2
 
 from feed_fast.config import ConfigError, RunConfig
