@@ -1,7 +1,7 @@
 """Shared by the tests of the recipe switches (tests/test_recipe_*.py): a tiny pFEED/KD/baseline run config on
-the synthetic loader (10 training batches per epoch), a teacher export, a TrainStep assembled as the trainer
-does, exact comparisons of checkpoints, and a signal sent after a given training step (the engine's tests of
-stop-and-resume use it too)."""
+the synthetic loader (10 training batches per epoch) or on an image folder, a teacher export, a TrainStep
+assembled as the trainer does, exact comparisons of checkpoints, and a signal sent after a given training step
+(the engine's tests of stop-and-resume use it too)."""
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +22,9 @@ TINY = {"widths": [4, 8, 16]}
 CLASSES = 5
 
 
-def save_teacher(path, seed: int = 7) -> str:
+def save_teacher(path, seed: int = 7, classes: int = CLASSES) -> str:
     torch.manual_seed(seed)
-    torch.save(student_export("resnet8", CLASSES, TINY, build_model("resnet8", CLASSES, **TINY)), path)
+    torch.save(student_export("resnet8", classes, TINY, build_model("resnet8", classes, **TINY)), path)
     return str(path)
 
 
@@ -41,6 +41,23 @@ def run_config(method: str = "pfeed", teachers=(), *, epochs: int = 2, batch_siz
         "optim": {"lr": 0.05},
         "train": {"device": device, "precision": "fp32", "progress": "none", "log_every": 4, **train},
     }
+
+
+def folder_run_config(root, backend: str, method: str = "baseline", teachers=(), **recipe) -> dict:
+    """`run_config` on an image folder (tests/_loader_data.py's: 4 classes) read by `backend`, 16 px, batches of 4;
+    `recipe` entries go to the section that holds them (augment to data, the optim keys to optim, the rest to
+    train)."""
+    raw = run_config(method, teachers, batch_size=4)
+    raw["data"] = {"dataset": "imagefolder", "root": str(root), "backend": backend, "batch_size": 4,
+                   "eval_batch_size": 8, "image_size": 16, "num_threads": 1}
+    for key, value in recipe.items():
+        if key == "augment":
+            raw["data"]["augment"] = value
+        elif key in ("norm_weight_decay", "bias_weight_decay", "clip_grad_norm"):
+            raw["optim"][key] = value
+        else:
+            raw["train"][key] = value
+    return raw
 
 
 def build_step(raw: dict, stack, *, teachers: int = 1, steps_per_epoch: int = 6) -> TrainStep:

@@ -244,3 +244,41 @@ def test_the_config_takes_the_switches_and_names_a_bad_key(folder):
                      augment=Augment(random_erase=0.1))
     with pytest.raises(ValueError, match="auto_augment must be None or one of"):
         Augment("augmix")
+
+
+# --- a training run ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["torchvision", pytest.param("dali", marks=[needs_dali, pytest.mark.slow])])
+def test_feed_fast_train_with_the_recipe_stopped_mid_epoch_and_resumed_matches_the_uninterrupted_run(
+        tmp_path, backend, capsys):
+    """`feed-fast train` on an image folder with every switch of the torchvision recipe (TrivialAugmentWide, random
+    erasing, MixUp/CutMix, label smoothing, norm weight decay 0, clipping), pFEED with a teacher, SIGINT in the
+    middle of epoch 2, then --resume: the same losses, top-1 and student as the run that was not stopped."""
+    import json
+    import signal
+
+    import yaml
+    from _recipe import folder_run_config, load, save_teacher, signal_after_step
+
+    from feed_fast.cli import main
+
+    root = tmp_path / "data"
+    make_image_folder(str(root), per_class=4)  # 16 training images: 4 batches of 4 per epoch
+    teacher = save_teacher(tmp_path / "teacher.pt", classes=4)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(folder_run_config(
+        root, backend, "pfeed", [teacher], augment={"auto_augment": "ta_wide", "random_erase": 0.5},
+        mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, norm_weight_decay=0.0, clip_grad_norm=1.0)))
+
+    def records(run):
+        return [(r["epoch"], r["loss"], r.get("val"))
+                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert main(["train", str(config), "--out", str(tmp_path / "straight")]) == 0
+    with signal_after_step(6, signal.SIGINT):  # epoch 2, after its second batch
+        assert main(["train", str(config), "--out", str(tmp_path / "split")]) == 130
+    assert len(records(tmp_path / "split")) == 1
+    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
+    assert records(tmp_path / "split") == records(tmp_path / "straight")
+    straight, split = (load(tmp_path / run / "student.pt")["state_dict"] for run in ("straight", "split"))
+    assert all(torch.equal(value, split[key]) for key, value in straight.items())
+    capsys.readouterr()
