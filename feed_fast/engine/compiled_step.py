@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ..methods import TeacherOutputs
+from ..runtime.device import compile_for
 from .step import stack_losses
 
 CUDA_WARMUP_STEPS = 3  # compiled units compile and autotune, momentum buffers appear: then capture
@@ -51,11 +52,24 @@ CUDA_WARMUP_STEPS = 3  # compiled units compile and autotune, momentum buffers a
 class StaticLR:
     """Each param group's lr as a 0-d device tensor that a compiled update or a CUDA graph reads. The groups
     keep their Python floats (what the scheduler writes and checkpoints hold); `fill()` copies them in (one
-    small kernel per group, no sync) and `swapped_in()` lends the tensors to the optimizer for one update."""
+    small kernel per group, no sync) and `swapped_in()` lends the tensors to the optimizer for one update.
+
+    The groups are read from the optimizer at every call, never kept: `optimizer.load_state_dict` (a resume)
+    replaces `param_groups` with new dicts, and a list kept from before would feed dead dicts, leaving the
+    optimizer a Python float that a CUDA graph would freeze at its capture-time value."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-        self.groups = optimizer.param_groups
-        self.tensors = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=device) for g in self.groups]
+        self.optimizer = optimizer
+        self.tensors = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
+                        for g in optimizer.param_groups]
+
+    @property
+    def groups(self) -> list[dict]:
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.tensors):
+            raise RuntimeError(f"the optimizer has {len(groups)} param groups, the compiled step was built for "
+                               f"{len(self.tensors)}")
+        return groups
 
     def fill(self) -> None:
         for tensor, group in zip(self.tensors, self.groups):
@@ -63,13 +77,14 @@ class StaticLR:
 
     @contextlib.contextmanager
     def swapped_in(self):
-        saved = [g["lr"] for g in self.groups]
-        for tensor, group in zip(self.tensors, self.groups):
+        groups = self.groups
+        saved = [g["lr"] for g in groups]
+        for tensor, group in zip(self.tensors, groups):
             group["lr"] = tensor
         try:
             yield
         finally:
-            for lr, group in zip(saved, self.groups):
+            for lr, group in zip(saved, groups):
                 group["lr"] = lr
 
 
@@ -84,7 +99,7 @@ def create_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
             optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
-def optimizer_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+def optimizer_update(optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:
     """The optimizer's own step body (without lr_scheduler's call-counting wrapper and `Optimizer.step`'s
     deliberate graph breaks), compiled with fullgraph unless the optimizer is fused (one kernel already)."""
     body = inspect.unwrap(type(optimizer).step)
@@ -94,7 +109,7 @@ def optimizer_update(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
         with torch.no_grad():
             body(optimizer)
 
-    return update if optimizer.defaults.get("fused") else torch.compile(update, fullgraph=True)
+    return update if optimizer.defaults.get("fused") else compile_for(update, device, fullgraph=True)
 
 
 class CompiledStep:
@@ -103,7 +118,7 @@ class CompiledStep:
         self.step = step
         distiller = step.distiller
         self.device = step.runtime.device
-        self.front = torch.compile(distiller.run_student, fullgraph=True)
+        self.front = compile_for(distiller.run_student, self.device, fullgraph=True)
 
         accumulate = step.accumulate
 
@@ -115,10 +130,11 @@ class CompiledStep:
                 total = total / accumulate
             return total, vector, tuple(named)
 
-        self.back = torch.compile(losses, fullgraph=True)
+        self.back = compile_for(losses, self.device, fullgraph=True)
         create_momentum_buffers(step.optimizer)
-        self.update = optimizer_update(step.optimizer)
+        self.update = optimizer_update(step.optimizer, self.device)
         self.lr = StaticLR(step.optimizer, self.device)
+        self.constants = TracedConstants(step)
         replay = self.device.type == "cuda" and step.accumulate == 1
         self.graph = CudaGraphReplay(self.run, step.optimizer) if replay else None
 
@@ -146,12 +162,65 @@ class CompiledStep:
 
     def __call__(self, images: Tensor, labels: Tensor, *, first: bool = True,
                  last: bool = True) -> tuple[tuple[str, ...], Tensor]:
+        self.constants.check()
         if self.graph is not None:  # train.accumulate == 1: every call is a whole step
             self.lr.fill()
             return self.graph(images, labels)
         if last:
             self.lr.fill()
         return self.run(images, labels, first=first, last=last)
+
+
+SCALARS = (bool, int, float)
+
+
+def hyperparameters(group: dict) -> list[tuple[str, object]]:
+    """A param group's settings other than its parameters and its lr."""
+    return [(k, v) for k, v in group.items() if k not in ("params", "lr") and (v is None or type(v) in SCALARS)]
+
+
+class TracedConstants:
+    """Every host value the compiled units read while tracing, other than the lr (`StaticLR` refills that one):
+    the optimizer's hyperparameters per param group (momentum, weight decay, nesterov, ...), the float, int and
+    bool settings of the Distiller and each of its modules (beta, the KD weight and temperature, label smoothing,
+    BatchNorm's momentum and eps, ...) and `train.accumulate`. A CUDA graph keeps each as it was at capture (on
+    the CPU, Dynamo would recompile). Nothing in the engine changes them during a run; `check()`, before every
+    step (tens of microseconds of Python, no device work), turns a change made from outside (a user's own schedule for
+    beta, a resumed optimizer with another momentum) into an error naming it, never a silently frozen value."""
+
+    def __init__(self, step) -> None:
+        self.step = step
+        # the modules' attribute dicts, read by key at each check (walking the module tree costs 20x more)
+        self.module_keys = [(f"{name or 'distiller'}.{key}", vars(module), key)
+                            for name, module in step.distiller.named_modules()
+                            for key, value in vars(module).items()
+                            if type(value) in SCALARS and not key.startswith("_") and key != "training"]
+        self.watched = self.read()
+        self.watched_values = list(self.watched.values())
+
+    def read(self) -> dict[str, object]:
+        values = {"train.accumulate": self.step.accumulate}
+        for i, group in enumerate(self.step.optimizer.param_groups):  # a resume replaces the groups: read anew
+            values.update({f"optimizer group {i} {k}": v for k, v in hyperparameters(group)})
+        values.update({label: attrs.get(key) for label, attrs, key in self.module_keys})
+        return values
+
+    def check(self) -> None:
+        values = [self.step.accumulate]
+        for group in self.step.optimizer.param_groups:
+            values += [v for _, v in hyperparameters(group)]
+        values += [attrs.get(key) for _, attrs, key in self.module_keys]
+        if values == self.watched_values:
+            return
+        now = self.read()
+        if now != self.watched:
+            changed = sorted(k for k in now.keys() | self.watched.keys() if now.get(k) != self.watched.get(k))
+            key = changed[0]
+            raise RuntimeError(f"train.compile=step: {key} changed from {self.watched.get(key)!r} to "
+                               f"{now.get(key)!r} after the step was compiled"
+                               f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; a compiled "
+                               "step (and its CUDA graph) keeps the value it was built with: only the learning "
+                               "rate may change during a run in step mode")
 
 
 class CudaGraphReplay:

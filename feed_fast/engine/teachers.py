@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, TeacherConfig
 from ..methods import TeacherOutputs
 from ..models import build_model
+from ..runtime.device import compile_for
 from ..runtime.timing import TEACHERS
 from .checkpoint import load_weights
 
@@ -106,13 +107,13 @@ class TeacherRunner:
         self.teachers = [freeze(t) for t in teachers]
         self.need_features, self.need_logits, self.pool_to = need_features, need_logits, pool_to
         self.streams = [torch.cuda.Stream(device) for _ in teachers] if device.type == "cuda" else []
-        self.calls = [self._call(t, compiled) for t in self.teachers]
+        self.calls = [self._call(t, device, compiled) for t in self.teachers]
 
-    def _call(self, teacher: nn.Module, compiled: bool):
+    def _call(self, teacher: nn.Module, device: torch.device, compiled: bool):
         def call(images: Tensor) -> tuple[Tensor | None, Tensor | None]:
             return teacher_outputs(teacher, images, self.need_features, self.need_logits, self.pool_to)
 
-        return torch.compile(call, fullgraph=True) if compiled else call
+        return compile_for(call, device, fullgraph=True) if compiled else call
 
     def __len__(self) -> int:
         return len(self.teachers)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 import torchvision
-from torch import Tensor, nn
-from torchvision.models.feature_extraction import create_feature_extractor
+from torch import Tensor, fx, nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 DEFAULT_FEATURE_NODES = {
     "resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4",
@@ -49,42 +49,49 @@ class TorchvisionFeatureModel(nn.Module):
         if weights and self.net_num_classes() != num_classes:
             raise ValueError(f"weights {weights!r} give {self.net_num_classes()} classes, the data has {num_classes}")
         self.name, self.feature_node = name, node
-        # The extractors share self.net's parameters; kept out of the module tree so the state dict stays
-        # the torchvision model's own. Built lazily; torchvision traces train and eval graphs up front.
-        self._extractors: dict[str, nn.Module] = {}
+        # The taps are traced once, here: a compiled step (`train.compile: step`) then runs plain fx module code,
+        # with no tracing inside the compiled region. One fixed graph per (view, mode): torchvision's
+        # DualGraphModule swaps its graph (regenerating its code) on every train()/eval(), which would make
+        # Dynamo recompile after each evaluation. The graphs share self.net's modules, so they follow its mode
+        # and parameters; kept out of the module tree so the state dict stays the torchvision model's own.
+        self._taps = self._trace_taps()
         self.feature_channels = self._probe_channels()
 
     def net_num_classes(self) -> int:
         last = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
         return last[-1].out_features if last else -1
 
-    def _extractor(self, with_logits: bool) -> nn.Module:
-        key = "both" if with_logits else "feature"
-        if key not in self._extractors:
-            nodes = {self.feature_node: "feature"}
+    def _trace_taps(self) -> dict[tuple[bool, bool], fx.GraphModule]:
+        """{(with_logits, training): graph module}: the feature alone, or the feature and the logits."""
+        train_nodes, eval_nodes = get_graph_node_names(self.net)
+        taps = {}
+        for with_logits in (False, True):
+            returns = {"train": {self.feature_node: "feature"}, "eval": {self.feature_node: "feature"}}
             if with_logits:
-                from torchvision.models.feature_extraction import get_graph_node_names
+                returns["train"][train_nodes[-1]] = "logits"
+                returns["eval"][eval_nodes[-1]] = "logits"
+            dual = create_feature_extractor(self.net, train_return_nodes=returns["train"],
+                                            eval_return_nodes=returns["eval"])
+            for training, graph in ((True, dual.train_graph), (False, dual.eval_graph)):
+                taps[with_logits, training] = fx.GraphModule(dual, graph)
+        return taps
 
-                train_nodes, _ = get_graph_node_names(self.net)
-                nodes[train_nodes[-1]] = "logits"
-            self._extractors[key] = create_feature_extractor(self.net, return_nodes=nodes)
-        extractor = self._extractors[key]
-        extractor.train(self.net.training)
-        return extractor
+    def _tap(self, with_logits: bool) -> fx.GraphModule:
+        return self._taps[with_logits, self.net.training]
 
     def _probe_channels(self) -> int:
         was_training = self.net.training
         self.net.eval()
         with torch.no_grad():
-            feature = self._extractor(False)(torch.zeros(1, 3, 64, 64))["feature"]
+            feature = self._tap(False)(torch.zeros(1, 3, 64, 64))["feature"]
         self.net.train(was_training)
         return feature.shape[1]
 
     def extract_features(self, x: Tensor) -> Tensor:
-        return self._extractor(False)(x)["feature"]
+        return self._tap(False)(x)["feature"]
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out = self._extractor(True)(x)
+        out = self._tap(True)(x)
         return out["feature"], out["logits"]
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,6 +3,7 @@ then handed to the trainer, the loaders, `feed-fast eval` and the benchmarks."""
 from __future__ import annotations
 
 import os
+import types
 
 import torch
 
@@ -34,3 +35,28 @@ def memory_format_for(device: torch.device, channels_last: bool | str = "auto") 
     if channels_last == "auto":
         channels_last = torch.device(device).type == "cuda"
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def compile_for(fn, device: torch.device, **kwargs):
+    """`torch.compile(fn, **kwargs)` as the engine compiles every unit:
+
+    - with a Dynamo cache of its own. Dynamo keeps compiled code per code object, so every student, Distiller
+      or teacher built from the same class shares one cache: each new instance is a guard miss, and after
+      `recompile_limit` (8) of them a fullgraph compile fails. sFEED's generations, several teachers and tests
+      build many. The unit is called through a function with its own code object.
+    - keeping the memory format decided here. On the CPU, Inductor's layout optimisation would turn our NCHW
+      convolutions channels-last on its own; besides re-deciding the layout, that path crashes the process (heap
+      corruption in oneDNN's convolution backward, seen with torch 2.14.1 on an AVX2 CPU with one thread), so
+      it is off there. On CUDA the batches are channels-last already."""
+    if torch.device(device).type == "cpu":
+        kwargs["options"] = {"layout_optimization": False, **kwargs.get("options", {})}
+    return torch.compile(with_own_code(fn), **kwargs)
+
+
+def with_own_code(fn):
+    """A function calling `fn`, with a code object no other function has."""
+    def unit(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return types.FunctionType(unit.__code__.replace(), unit.__globals__, unit.__name__, unit.__defaults__,
+                              unit.__closure__)

@@ -1,0 +1,86 @@
+"""What a CUDA graph could freeze in `train.compile: step` (issue #15), tested on the CPU where it would be
+wrong on a GPU: the lr the compiled update reads is the optimizer's own device tensor, also after a checkpoint
+load replaced the optimizer's param groups, and it follows the schedule step by step across a resume; every
+other host value the compiled units traced (TracedConstants) is refused when changed, naming it."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from test_step_modes import build_step, run_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def record_update_lrs(step) -> list:
+    """Wrap the compiled update: what each group's "lr" is while the update runs, and its value then."""
+    seen, update = [], step.compiled.update
+
+    def recorded():
+        seen.append([(g["lr"], float(g["lr"])) for g in step.optimizer.param_groups])
+        update()
+
+    step.compiled.update = recorded
+    return seen
+
+
+def test_the_update_reads_the_lr_tensor_after_a_checkpoint_load_and_follows_the_schedule():
+    with contextlib.ExitStack() as stack:
+        straight, batches = build_step(run_config("step"), stack)
+        expected = []
+        for batch in batches:
+            expected.append(straight.optimizer.param_groups[0]["lr"])
+            straight(*batch)
+
+        first, _ = build_step(run_config("step"), stack)
+        for batch in batches[:2]:
+            first(*batch)
+        saved = {"optimizer": first.optimizer.state_dict(), "scheduler": first.scheduler.state_dict()}
+
+        resumed, _ = build_step(run_config("step"), stack)
+        groups_before = resumed.optimizer.param_groups
+        resumed.optimizer.load_state_dict(saved["optimizer"])  # what Trainer.load does: new group dicts
+        resumed.scheduler.load_state_dict(saved["scheduler"])
+        assert resumed.optimizer.param_groups is not groups_before
+        seen = record_update_lrs(resumed)
+        for batch in batches[2:]:
+            resumed(*batch)
+    assert len(seen) == len(batches) - 2
+    for k, lrs in enumerate(seen):
+        (lr, value), = lrs
+        assert lr is resumed.compiled.lr.tensors[0], "the update read a Python float, not the lr tensor"
+        assert value == pytest.approx(expected[k + 2], rel=1e-6)
+    assert len(set(expected)) == len(expected)  # the schedule moved at every step
+    for group in resumed.optimizer.param_groups:  # the optimizer keeps its floats (checkpoints, logs)
+        assert isinstance(group["lr"], float)
+
+
+@pytest.mark.parametrize("change", ["beta", "label_smoothing", "momentum", "weight_decay", "kd_weight"])
+def test_a_traced_setting_changed_after_compiling_is_refused_naming_it(change):
+    with contextlib.ExitStack() as stack:
+        step, batches = build_step(run_config("step"), stack)
+        step(*batches[0])
+        target, key, value = {
+            "beta": (vars(step.distiller.feed), "beta", 1.0),
+            "label_smoothing": (vars(step.distiller), "label_smoothing", 0.1),
+            "momentum": (step.optimizer.param_groups[0], "momentum", 0.5),
+            "weight_decay": (step.optimizer.param_groups[0], "weight_decay", 0.0),
+            "kd_weight": (vars(step.distiller), "kd_weight", 1.0),
+        }[change]
+        target[key] = value
+        with pytest.raises(RuntimeError, match=rf"train.compile=step: .*{key} changed from .* to {value}"):
+            step(*batches[1])
+
+
+def test_the_engine_changes_no_traced_setting_over_an_epoch_and_a_checkpoint_load():
+    with contextlib.ExitStack() as stack:
+        step, batches = build_step(run_config("step"), stack)
+        for batch in batches[:3]:
+            step(*batch)
+        state = step.optimizer.state_dict()
+        step.optimizer.load_state_dict(state)
+        step.distiller.eval()
+        step.distiller.train()
+        for batch in batches[3:]:
+            step(*batch)  # TracedConstants.check() runs before each step
+        assert step.compiled.constants.read() == step.compiled.constants.watched
