@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,17 +46,21 @@ def torchrun_command(*args, nproc: int = 2, launcher=("--standalone",)) -> list[
 
 
 def run(command, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(command, check=False, capture_output=True, text=True, env=kw.pop("env", environment()),
-                          timeout=timeout, **kw)
+    """The command to its end; on a timeout its whole process group (torchrun's workers too) is killed."""
+    job = Watched(command, env=kw.pop("env", None), **kw)
+    code, err = job.finish(timeout)
+    return subprocess.CompletedProcess(command, code, job.stdout, err)
 
 
 class Watched:
-    """A process whose stderr is read line by line (progress lines), so that a test can act at a given step."""
+    """A process (in a session of its own: a timeout kills its workers too) whose stderr is read line by line
+    (progress lines), so that a test can act at a given step."""
 
-    def __init__(self, command, env=None) -> None:
+    def __init__(self, command, env=None, **kw) -> None:
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env or environment())
+                                     env=env or environment(), start_new_session=True, **kw)
         self.seen: list[str] = []
+        self.stdout = ""
 
     def wait_for(self, starts_with: str, timeout: float = 240) -> str:
         deadline = time.monotonic() + timeout
@@ -65,17 +70,24 @@ class Watched:
                 return line
             if time.monotonic() > deadline:
                 break
-        self.proc.kill()
+        self.kill()
         raise AssertionError(f"no line starting with {starts_with!r}; stderr so far:\n{''.join(self.seen)[-4000:]}")
 
     def finish(self, timeout: float = 240) -> tuple[int, str]:
         """(exit code, the whole stderr)."""
         try:
-            _, rest = self.proc.communicate(timeout=timeout)
+            self.stdout, rest = self.proc.communicate(timeout=timeout)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+            self.kill()
         return self.proc.returncode, "".join(self.seen) + rest
+
+    def kill(self) -> None:
+        """The process and whatever it started, if still running (torchrun's workers outlive a killed agent)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
 
 
 def worker_of_rank(launcher_pid: int, rank: int) -> int:

@@ -56,6 +56,9 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
     if launched_rank() == 0:  # rank 0 writes the folder; if it refuses, torchrun stops the other ranks
         prepare_run_folder(run_dir, resume=resume, overwrite=overwrite)
     with open_runtime(cfg.train) as runtime:
+        if cfg.train.sync_bn and runtime.dist.enabled and runtime.device.type != "cuda":
+            raise ConfigError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); this "
+                              f"run is on {runtime.device.type}: set train.sync_bn=false")
         method = build_method(cfg.method)
         generations = method.num_generations()
         stages = [run_dir / f"gen{g + 1}" for g in range(generations)] if generations > 1 else [run_dir]

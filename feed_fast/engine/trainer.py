@@ -34,7 +34,7 @@ from ..config import ConfigError, RunConfig
 from ..methods import Method
 from ..models import count_parameters
 from ..runtime import DistInfo, Runtime
-from ..runtime.distributed import agree, broadcast_buffers
+from ..runtime.distributed import agree, broadcast_buffers, sync_batch_norm
 from .checkpoint import (
     BEST,
     EMA_EXPORT,
@@ -55,6 +55,21 @@ from .evaluate import evaluate
 from .layout import Layout, checkpoint_layout
 from .run_log import EpochProgress, MetricsLog
 from .step import TrainStep
+
+
+class WithSyncBatchNorm:
+    """`train.sync_bn`: the method, with the BatchNorm layers of the Distiller it builds (the student's and the
+    translators') turned into SyncBatchNorm under torchrun, before TrainStep wraps it in DDP. The teachers (frozen,
+    in eval mode) and the EMA copy (taken from the plain student) keep plain BatchNorm."""
+
+    def __init__(self, method: Method, dist: DistInfo) -> None:
+        self.method, self.dist = method, dist
+
+    def build(self, *args, **kwargs) -> nn.Module:
+        return sync_batch_norm(self.method.build(*args, **kwargs), self.dist)
+
+    def __getattr__(self, name: str):
+        return getattr(self.method, name)
 
 
 class GenerationTrainer:
@@ -92,6 +107,8 @@ class GenerationTrainer:
             raise ConfigError(f"the training loader yields no full optimizer step (train.accumulate="
                               f"{cfg.train.accumulate} batches of data.batch_size={cfg.data.batch_size}; "
                               f"{len(loaders.train)} full batches of {loaders.train.num_samples} samples in this shard)")
+        if cfg.train.sync_bn:
+            method = WithSyncBatchNorm(method, runtime.dist)
         step = TrainStep.from_config(cfg, runtime, method, teachers, num_classes=loaders.train.num_classes,
                                      image_size=loaders.train.image_size, steps_per_epoch=steps_per_epoch,
                                      seed=cfg.train.seed + generation)

@@ -59,9 +59,19 @@ def setup_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT)
+        dist.init_process_group(backend=backend, store=attempt_store(), rank=rank, world_size=world,
+                                timeout=PROCESS_GROUP_TIMEOUT)
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return DistInfo(rank, world, local, owns, control)
+
+
+def attempt_store() -> dist.Store:
+    """The env:// rendezvous store (torchrun's), its keys under this attempt's own prefix. torchrun 2.14 keeps one
+    store server across `--max-restarts` restarts, and the restarted workers' process group would otherwise read
+    the previous attempt's keys (a dead peer's address: "Connection refused" or a hang in connectFullMesh)."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    attempt = f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}"
+    return dist.PrefixStore(f"feed-fast/attempt-{attempt}", store)
 
 
 def teardown_distributed(info: DistInfo, *, failed: bool = False) -> None:
@@ -100,16 +110,13 @@ def agree(values: list[int], info: DistInfo) -> list[int]:
     return tensor.tolist()
 
 
-def sync_batch_norm(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+def sync_batch_norm(module: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """`module` with its BatchNorm layers as SyncBatchNorm (statistics over every process's micro-batch) under
     torchrun; unchanged in a world of one (nothing to synchronise). The parameters and buffers stay the same
-    tensors (optimizers built before keep working), and the state dict keeps its keys. torch's SyncBatchNorm runs
-    on CUDA only: on another device under torchrun this raises ValueError."""
+    tensors and the state dict keeps its keys, so checkpoints and exports load into plain BatchNorm. torch's
+    SyncBatchNorm runs on CUDA only (`train.sync_bn` is refused on other devices under torchrun)."""
     if not info.enabled:
         return module
-    if device.type != "cuda":
-        raise ValueError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); this run is "
-                         f"on {device.type}: set train.sync_bn=false")
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
@@ -119,16 +126,16 @@ PEER_FAILURE = re.compile(r"(Connection (?:closed|reset) by peer[^.]*|Broken pip
 
 def lost_peer(error: BaseException) -> str | None:
     """The short reason when `error` is a collective failing because another process died or hung (gloo's "Read
-    error [addr]: Connection reset by peer", NCCL's aborted communicator, a timeout); None for any other error."""
-    if not isinstance(error, RuntimeError) or not dist.is_initialized():
+    error [addr]: Connection reset by peer", NCCL's aborted communicator, a timeout); None for any other error.
+    Read from the message alone: by the time the error reaches the command, the process group is gone."""
+    if not isinstance(error, RuntimeError):
         return None
     text = str(error)
     match = PEER_FAILURE.search(text)
-    if match is None and not isinstance(error, getattr(dist, "DistError", ())):
+    if match is None:
         return None
-    backend = "gloo" if "gloo" in text or dist.get_backend() == "gloo" else dist.get_backend()
-    reason = match.group(0).strip() if match else (text.strip().splitlines() or ["failed"])[0][:200]
-    return f"{backend}: {reason}"
+    backend = "gloo" if "gloo" in text.lower() else "nccl" if "nccl" in text.lower() else "torch.distributed"
+    return f"{backend}: {match.group(0).strip()}"
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
