@@ -57,14 +57,14 @@ def apply_auto_augment(image: Image.Image, policy: str, ops: tuple[AugmentOp, ..
 
 
 def erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """RandomErasing with value 0 on a normalized (B, C, H, W) batch: each sample's (top, left, height, width)
-    box (height 0: nothing) set to 0, as one masked fill on the device."""
+    """RandomErasing with value 0 on a normalized (B, C, H, W) batch, in place: each sample's (top, left, height,
+    width) box (height 0: nothing) set to 0, as one masked fill on the device."""
     top, left, height, width = boxes.to(images.device, non_blocking=True).unbind(1)
     rows = torch.arange(images.shape[2], device=images.device)
     cols = torch.arange(images.shape[3], device=images.device)
     in_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
-    return images.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
+    return images.masked_fill_(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)  # in place: keeps the format
 
 
 class FolderImages(Dataset):

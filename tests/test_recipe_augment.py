@@ -208,6 +208,16 @@ def test_val_is_never_augmented_and_training_is(folder, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_memory_format_the_runtime_asks_for_is_kept(folder, backend):
+    recipe = RECIPES["ra"]
+    contiguous = collect(loader(folder, "train", backend, recipe).iter_from(0))[0]
+    batches = [images for images, _ in loader(folder, "train", backend, recipe,
+                                              memory_format=torch.channels_last).iter_from(0)]
+    assert all(images.is_contiguous(memory_format=torch.channels_last) for images in batches)
+    assert torch.equal(torch.cat(batches), contiguous)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_augmented_epoch_resumed_from_any_batch_repeats_the_uninterrupted_one(folder, backend):
     """A new loader (a new process) iterating epoch 2 from batch 1 or 3 serves the uninterrupted batches bit for
     bit, every switch on; with DataLoader workers on the torchvision backend too (the draws do not hang on the
