@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _cluster import Watched, assert_same, environment, outcome, params, records, run, tiny_config, torchrun_command
+from _cluster import (
+    Watched,
+    assert_same,
+    environment,
+    outcome,
+    params,
+    records,
+    run,
+    tiny_config,
+    torchrun_command,
+)
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 PORT = 29731
@@ -35,7 +45,7 @@ def two_hosts():
             if proc.returncode:
                 pytest.skip(f"cannot make a network namespace here: {proc.stderr.strip()}")
             made.append(namespace)
-        (na, aa, ia), (nb, ab, ib) = hosts["a"], hosts["b"]
+        (na, _, ia), (nb, _, ib) = hosts["a"], hosts["b"]
         steps = [("link", "add", ia, "type", "veth", "peer", "name", ib),
                  ("link", "set", ia, "netns", na), ("link", "set", ib, "netns", nb)]
         for namespace, address, interface in hosts.values():
