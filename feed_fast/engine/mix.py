@@ -15,10 +15,11 @@ takes the soft labels (`F.cross_entropy` with probabilities, label smoothing app
 KD distils the teachers' outputs on the mixed images; FEED matches the teachers' features of the mixed images.
 
 No host sync: the draw is Python numbers, the device work is a roll, a multiply-add or a slice copy, and a
-scatter into zeros for the one-hot labels. The seed is a function of (train.seed + generation, global optimizer
-step, micro-batch, rank): the step comes from the lr scheduler, which last.pt holds, so a resumed run repeats the
-uninterrupted run's draws exactly (on the same number of processes and micro-batches per step; with the same
-processes x micro-batches it numbers the micro-batches as the loader's global order does)."""
+scatter into zeros for the one-hot labels. The seed is a function of (train.seed + generation, the micro-batch's
+number in the run's global order): (step * accumulate + micro) * processes + rank, as loaders/sampling.py numbers
+micro-batches, with the global optimizer step from the lr scheduler, which last.pt holds. So a resumed run repeats
+the uninterrupted run's draws exactly, and one resumed on another number of processes with the same global batch
+and micro-batch (engine/layout.py) draws the same for the same samples."""
 from __future__ import annotations
 
 import math
