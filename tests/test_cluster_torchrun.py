@@ -33,24 +33,34 @@ from feed_fast.models import build_model
 from feed_fast.runtime.distributed import DistInfo
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
-def test_kill_9_of_a_worker_under_max_restarts_continues_from_the_latest_checkpoint(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(batch_size=8, checkpoint_minutes=1e-4)))  # ~ every step
-
-    straight = tmp_path / "straight"
-    proc = run(torchrun_command("train", config, "--out", straight))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(config file, run folder, stderr) of an uninterrupted 2-process run checkpointing at about every step."""
+    root = tmp_path_factory.mktemp("straight")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(batch_size=8, checkpoint_minutes=1e-4)))
+    proc = run(torchrun_command("train", config, "--out", root / "run"))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stderr.count("feed-fast train: new run in") == 1  # rank 0 only
-    assert "  processes  2 processes (torchrun, gloo), device cpu, precision fp32" in proc.stderr
-    assert "  batch      8 per process x accumulate 1 x 2 processes = global batch 16 per optimizer step" in proc.stderr
-    assert "  lr         0.05 for the global batch 16 (cosine schedule, 10 steps per epoch, 3 epochs)" in proc.stderr
-    progress = re.findall(r"^epoch 1 step 10/10 ([\d.]+) img/s", proc.stderr, re.MULTILINE)
-    epoch = re.findall(r"^gen 1 epoch 1/3 .* ([\d.]+) img/s", proc.stderr, re.MULTILINE)
+    return config, root / "run", proc.stderr
+
+
+@pytest.mark.slow
+def test_rank_0_prints_the_layout_once_and_progress_reports_the_total_rate(straight):
+    _, _, err = straight
+    assert err.count("feed-fast train: new run in") == 1  # rank 0 only
+    assert "  processes  2 processes (torchrun, gloo), device cpu, precision fp32" in err
+    assert "  batch      8 per process x accumulate 1 x 2 processes = global batch 16 per optimizer step" in err
+    assert "  lr         0.05 for the global batch 16 (cosine schedule, 10 steps per epoch, 3 epochs)" in err
+    progress = re.findall(r"^epoch 1 step 10/10 ([\d.]+) img/s", err, re.MULTILINE)
+    epoch = re.findall(r"^gen 1 epoch 1/3 .* ([\d.]+) img/s", err, re.MULTILINE)
     assert len(progress) == len(epoch) == 1
     assert 0.75 < float(progress[0]) / float(epoch[0]) < 1.33  # both the total of the two processes
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_kill_9_of_a_worker_under_max_restarts_continues_from_the_latest_checkpoint(straight, tmp_path):
+    config, done, _ = straight
     out = tmp_path / "run"
     job = Watched(torchrun_command("train", config, "--out", out, "--auto-resume",
                                    launcher=("--standalone", "--max-restarts", "1")))
@@ -66,8 +76,33 @@ def test_kill_9_of_a_worker_under_max_restarts_continues_from_the_latest_checkpo
     attempts = [a.get("started") or a.get("ended") for a in records(out, "attempts.jsonl")]
     assert attempts == ["new", "continued", "finished"]  # the killed attempt wrote no end
 
-    assert_same(params(straight / "last.pt"), params(out / "last.pt"))
-    assert [outcome(r) for r in records(out)] == [outcome(r) for r in records(straight)]
+    assert_same(params(done / "last.pt"), params(out / "last.pt"))
+    assert [outcome(r) for r in records(out)] == [outcome(r) for r in records(done)]
+
+
+@pytest.mark.slow
+def test_sigusr1_to_torchrun_and_its_workers_stops_at_a_step_and_the_same_command_finishes(straight, tmp_path):
+    """What SLURM's --signal=USR1@T does to a job step (every process gets the signal): with SIGUSR1 among
+    torchrun's --signals-to-handle the agent waits for its workers (up to --shutdown-timeout), which finish the step,
+    write last.pt and exit 138; the same command (a requeued job) then finishes as the uninterrupted run."""
+    config, done, _ = straight
+    out = tmp_path / "run"
+    launcher = ("--standalone", "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                "--shutdown-timeout", "120")
+    command = torchrun_command("train", config, "--out", out, "--auto-resume", launcher=launcher)
+    job = Watched(command)
+    job.wait_for("epoch 2 step 3/10")
+    os.killpg(job.proc.pid, signal.SIGUSR1)  # the agent and both workers
+    code, err = job.finish(timeout=300)
+    assert code != 0 and "stopped by SIGUSR1 after step" in err, err[-4000:]
+    assert "got signal: 10" in err  # torchrun itself ends on its SignalException (exit 1), after its workers
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and 3 <= ckpt["step_in_epoch"] < 10
+
+    proc = run(command)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same(params(done / "last.pt"), params(out / "last.pt"))
+    assert [outcome(r) for r in records(out)] == [outcome(r) for r in records(done)]
 
 
 def test_sync_bn_turns_the_students_and_translators_batchnorm_into_syncbatchnorm_under_torchrun():
