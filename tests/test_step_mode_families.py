@@ -89,7 +89,7 @@ def test_torchvision_taps_are_traced_once_and_follow_the_mode():
     and each mode's tap runs the model's modules in that mode."""
     torch.manual_seed(0)
     model = build_model("resnet18", 5)
-    taps = {key: (tap, tap.forward.__code__) for key, tap in model._taps.items()}
+    taps = {training: (tap, tap.forward.__code__) for training, tap in model._taps.items()}
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     with torch.no_grad():
@@ -98,5 +98,5 @@ def test_torchvision_taps_are_traced_once_and_follow_the_mode():
         torch.testing.assert_close(model.extract_features(x), feature)
     model.train()
     model.forward_features(x)
-    assert {key: (tap, tap.forward.__code__) for key, tap in model._taps.items()} == taps
+    assert {training: (tap, tap.forward.__code__) for training, tap in model._taps.items()} == taps
     assert model.net.layer1[0].bn1.num_batches_tracked.item() == 1  # the train tap updated the BN statistics
