@@ -175,9 +175,6 @@ def test_quick_smoke_runs_its_five_parts_in_order_and_records_each(quick_smoke):
     assert imagenet["warmup"]["warmup_steps"] >= 1 and imagenet["timing"]["compiles_while_timed"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="engine: after a resume the compiled step's StaticLR still holds the param "
-                   "groups optimizer.load_state_dict replaced, so its lr tensor goes stale and the update recompiles "
-                   "each step (being fixed with StaticLR); this test passes once it is")
 def test_quick_smoke_step_resume_applies_the_schedule_s_lr_after_the_resume(quick_smoke):
     result, out = quick_smoke
     step = json.loads(only(out, "smoke_quick_d_step_resume_cpu_*.json").read_text())
