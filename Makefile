@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # OpenMP threads that spin-wait collapse throughput on a small, shared CPU machine; passive waiting costs little.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 # interpreter (labelled [triton-interpreter]) -> benchmarks/results/local/ (ignored). See docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_feed_loss.py
+
+docs-check: $(STAMP)  # every command the README and docs/ show parses, with valid configs
+	$(PY) -m pytest -q tests/test_docs_commands.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
