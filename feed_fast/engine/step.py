@@ -29,6 +29,7 @@ from ..config import ConfigError, RunConfig
 from ..methods import Distiller, Method
 from ..models import build_model
 from ..runtime import Runtime
+from ..runtime.device import compile_for
 from ..runtime.timing import BACKWARD, COMPILED_STEP, DATA_WAIT, OPTIMIZER, StepTimer
 from .ema import StudentEMA
 from .mix import BatchMix
@@ -50,10 +51,10 @@ def step_mode(compile_setting: bool | str) -> str:
     raise ValueError(f"train.compile must be true, false or 'step', got {compile_setting!r}")
 
 
-def compile_model(model: nn.Module) -> None:
+def compile_model(model: nn.Module, device: torch.device) -> None:
     """Compile the entry points the engine calls; the module (and its state dict) stays the same object."""
     for name in ("forward", "forward_features", "extract_features"):
-        setattr(model, name, torch.compile(getattr(model, name)))
+        setattr(model, name, compile_for(getattr(model, name), device))
 
 
 def stack_losses(losses: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -131,7 +132,7 @@ class TrainStep:
                                compiled=mode == "step")
         if mode == "modules":
             for model in [student, *teachers]:
-                compile_model(model)
+                compile_model(model, device)
         optimizer = build_optimizer(distiller, cfg.optim, device)
         accept_pre_grouping_state(optimizer, distiller)  # last.pt from before the translators were grouped
         if mode == "step" and type(optimizer) is not torch.optim.SGD:
