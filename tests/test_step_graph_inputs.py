@@ -84,3 +84,39 @@ def test_the_engine_changes_no_traced_setting_over_an_epoch_and_a_checkpoint_loa
         for batch in batches[3:]:
             step(*batch)  # TracedConstants.check() runs before each step
         assert step.compiled.constants.read() == step.compiled.constants.watched
+
+
+def compiled_things() -> dict[str, int]:
+    """What compiles on first use: Dynamo's graphs, the fused kernels' Triton specialisations and autotuned
+    configurations (read from Triton's own caches; attributes that a Triton version lacks count as 0)."""
+    import feed_fast.kernels.feed_loss as kernels
+    from torch._dynamo.utils import counters
+
+    specialisations = tuned = 0
+    for obj in vars(kernels).values():
+        tuned += len(getattr(obj, "cache", {}) or {}) if hasattr(obj, "configs") else 0
+        jit = getattr(obj, "fn", obj)
+        for cache in (getattr(jit, "device_caches", None) or {}).values():
+            specialisations += len(cache[0]) if isinstance(cache, tuple) else 0
+    return {"dynamo graphs": counters["stats"]["unique_graphs"], "triton specialisations": specialisations,
+            "autotuned configs": tuned}
+
+
+@pytest.mark.gpu
+def test_a_capture_and_its_replays_compile_nothing():
+    """The CUDA-graph capture happens after the warm-up steps; from the last warm-up step on, neither the capture
+    nor the replays may compile (a first-time compile inside a capture would be recorded, not run)."""
+    from feed_fast.engine.compiled_step import CUDA_WARMUP_STEPS
+
+    raw = run_config("step", device="cuda")
+    raw["train"]["precision"] = "bf16"
+    raw["method"]["backend"] = "triton"
+    with contextlib.ExitStack() as stack:
+        step, batches = build_step(raw, stack)
+        for batch in batches[:CUDA_WARMUP_STEPS]:
+            step(*batch)
+        before = compiled_things()
+        for batch in batches[CUDA_WARMUP_STEPS:]:  # the capture, then replays
+            step(*batch)
+        assert step.compiled.graph.graph is not None
+        assert compiled_things() == before
