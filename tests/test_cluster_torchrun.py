@@ -119,3 +119,12 @@ def test_sync_bn_turns_the_students_and_translators_batchnorm_into_syncbatchnorm
     assert student.plain_module().state_dict().keys() == plain  # checkpoints and exports load into BatchNorm
     alone = WithSyncBatchNorm(method, DistInfo()).build(build_model("resnet8", 5, widths=(4, 8, 16)), [32])
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in alone.modules())  # a world of one: unchanged
+
+
+@pytest.mark.slow
+def test_sync_bn_under_torchrun_on_the_cpu_is_refused_in_one_line_per_rank(straight, tmp_path):
+    config, _, _ = straight
+    proc = run(torchrun_command("train", config, "--out", tmp_path / "run", "--set", "train.sync_bn=true"))
+    refusals = [line for line in proc.stderr.splitlines() if "train.sync_bn needs CUDA devices" in line]
+    assert proc.returncode != 0 and len(refusals) == 2, proc.stderr[-3000:]  # rank 0's and rank 1's line
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before any work
