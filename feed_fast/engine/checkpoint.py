@@ -2,8 +2,12 @@
 
 A run writes last.pt (everything training needs to continue, the EMA of `train.ema` included), last.prev.pt
 (the last.pt before it, so a damaged newest copy is never the only one), best.pt (last.pt's content at the raw
-student's best validation epoch), student.pt (the deployable student alone) and, with `train.ema`,
-student_ema.pt (the averaged student, the same format). Writes go through `feed_fast.atomic_files`.
+student's best validation epoch), model.pt (the trained model alone: what a later run names as a teacher's
+`checkpoint`, and what `feed-fast eval` scores) and, with `train.ema`, model_ema.pt (the averaged model, the same
+format). Writes go through `feed_fast.atomic_files`. Earlier releases called the exports student.pt and
+student_ema.pt: every reader takes a file by its content, whatever its name, and the run-folder code still knows
+those names (LEGACY_EXPORTS: a finished sFEED generation's student.pt, --overwrite, the files listed beside a
+damaged one).
 
 Writing while training goes on: `to_host` copies the state to host memory (what the step loop waits for), and a
 `CheckpointWriter` writes the files in one background thread, one checkpoint at a time; a failed write is
@@ -28,9 +32,10 @@ from torch import nn
 
 from ..models import build_model
 
-LAST, LAST_PREVIOUS, BEST, EXPORT = "last.pt", "last.prev.pt", "best.pt", "student.pt"
-EMA_EXPORT = "student_ema.pt"  # train.ema: the averaged student, in the export's format (loads like student.pt)
-CHECKPOINT_NAMES = (LAST, LAST_PREVIOUS, BEST, EXPORT, EMA_EXPORT)
+LAST, LAST_PREVIOUS, BEST, EXPORT = "last.pt", "last.prev.pt", "best.pt", "model.pt"
+EMA_EXPORT = "model_ema.pt"  # train.ema: the averaged model, in the export's format (loads like model.pt)
+LEGACY_EXPORTS = {EXPORT: "student.pt", EMA_EXPORT: "student_ema.pt"}  # what earlier runs wrote
+CHECKPOINT_NAMES = (LAST, LAST_PREVIOUS, BEST, EXPORT, EMA_EXPORT, *LEGACY_EXPORTS.values())
 EXPORT_FORMAT = "feed-fast-student-v1"
 TRAINING_KEYS = ("student", "extras", "optimizer", "scheduler", "scaler", "epoch", "next_batch", "epoch_sums",
                  "best_top1", "history", "rng_cpu")
@@ -64,7 +69,7 @@ def to_host(obj: Any) -> Any:
         if isinstance(node, torch.Tensor):
             node = node.detach()
             if node.device.type == "cuda":
-                host = torch.empty(node.shape, dtype=node.dtype, pin_memory=True)
+                host = torch.empty_like(node, device="cpu", pin_memory=True)  # same strides (channels-last)
                 host.copy_(node, non_blocking=True)
                 pending_cuda.append(node.device)
                 return host
@@ -127,6 +132,13 @@ def student_export(model_name: str, num_classes: int, model_kwargs: dict, studen
 
 
 # --- reading ---------------------------------------------------------------------------------------
+def export_in(folder: str | os.PathLike, name: str = EXPORT) -> Path:
+    """`folder/name` (model.pt or model_ema.pt); the name an earlier release wrote when only that file is there."""
+    path = Path(folder) / name
+    legacy = path.with_name(LEGACY_EXPORTS[name])
+    return legacy if not path.exists() and legacy.exists() else path
+
+
 def why_unreadable(path: Path, error: BaseException) -> str:
     """What is wrong with a file torch.load failed on, in our words (torch's own message may suggest unsafe
     loading, which we never pass on)."""
