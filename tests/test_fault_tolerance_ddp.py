@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _cluster import params, worker_of_rank
 
 from feed_fast.engine.checkpoint import student_export
 from feed_fast.models import build_model
@@ -34,24 +35,6 @@ def torchrun(*args) -> list[str]:
 
 def environment() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def worker_of_rank(launcher_pid: int, rank: int) -> int:
-    """The pid of torchrun's worker with that RANK (its children, read from /proc)."""
-    children = []
-    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
-        children += (task / "children").read_text().split()
-    for pid in children:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if f"RANK={rank}".encode() in env:
-            return int(pid)
-    raise AssertionError(f"no worker with RANK={rank} among {children}")
-
-
-def params(path) -> dict:
-    ckpt = torch.load(path, weights_only=True)
-    return {**{"student." + k: v for k, v in ckpt["student"].items()}, **ckpt["extras"],
-            **{f"momentum.{i}": s["momentum_buffer"] for i, s in ckpt["optimizer"]["state"].items()}}
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
