@@ -46,7 +46,7 @@ def test_train_then_eval(tmp_path, config_file, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
     # the export records the dataset (synthetic here); with the run's eval batch size it sees the run's val set
-    assert main(["eval", "--checkpoint", str(out / "student.pt"), "--data", "unused", "--batch-size", "32"]) == 0
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "unused", "--batch-size", "32"]) == 0
     line = capsys.readouterr().out
     final_top1 = json.loads((out / "summary.json").read_text())["final_top1"]
     assert line.startswith(f"top1 {final_top1:.2f} ") and "(320 images, resnet8)" in line
@@ -113,11 +113,11 @@ def test_sigint_finishes_the_step_writes_last_pt_and_resume_completes(tmp_path, 
     last = torch.load(out / "last.pt", weights_only=True)
     stopped_at = last["epoch"] * 10 + last["next_batch"]
     assert 0 < stopped_at < 500
-    assert not (out / "student.pt").exists()
+    assert not (out / "model.pt").exists()
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
     # `--resume` takes the recorded config and finishes the run
     assert main(["train", "--resume", str(out)]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(50))  # the interrupted epoch completed, none repeated
-    assert (out / "student.pt").exists()
+    assert (out / "model.pt").exists()

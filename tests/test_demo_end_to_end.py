@@ -84,7 +84,7 @@ def test_student_parameters_are_those_of_the_deployed_model(short_demo):
 def test_each_row_ran_through_the_engine_with_its_method_teachers_and_beta(short_demo):
     """What each engine run wrote (its config.yaml and its logged loss terms) matches the row."""
     _, outcome, _ = short_demo
-    teacher_exports = [str(Path(r.run_dir) / "student.pt") for r in outcome.results if r.role == TEACHER]
+    teacher_exports = [str(Path(r.run_dir) / "model.pt") for r in outcome.results if r.role == TEACHER]
     expected = {BASELINE: ("baseline", 0, set()), KD: ("kd", 3, {"kd"}), FT: ("pfeed", 1, {"feed_0"}),
                 PFEED: ("pfeed", 3, {"feed_0", "feed_1", "feed_2"})}
     for r in outcome.results:

@@ -89,7 +89,7 @@ def test_each_method_trains_and_its_loss_falls(tmp_path, teacher_files, method, 
 def test_run_directory_and_student_export(tmp_path, teacher_files):
     summary = train(tiny_config("pfeed", teacher_files[:1]), tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "tensorboard", "last.pt", "best.pt", "student.pt", "summary.json"} <= names
+    assert {"config.yaml", "metrics.jsonl", "tensorboard", "last.pt", "best.pt", "model.pt", "summary.json"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert any((tmp_path / "tensorboard").iterdir())
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +98,7 @@ def test_run_directory_and_student_export(tmp_path, teacher_files):
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert resolved["method"]["beta"] == 500.0 and resolved["optim"]["momentum"] == 0.9  # defaults filled in
 
-    export = torch.load(tmp_path / "student.pt", weights_only=True)
+    export = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not [k for k in export["state_dict"] if "translator" in k or "feed" in k]
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert any("translators" in k for k in last["extras"])  # ...while last.pt keeps them for resume
@@ -113,10 +113,10 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path, teacher_files):
     straight = train(cfg, tmp_path / "straight")
     first = train(cfg, tmp_path / "split", max_epochs=1)
     assert first["interrupted"] and len(first["history"]) == 1
-    assert not (tmp_path / "split" / "student.pt").exists()
+    assert not (tmp_path / "split" / "model.pt").exists()
     resumed = resume(tmp_path / "split")
     assert not resumed["interrupted"]
-    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+    assert_same_params(params_of(tmp_path / "straight" / "model.pt"), params_of(tmp_path / "split" / "model.pt"))
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert_same_params(a["extras"], b["extras"])  # translators too
@@ -138,7 +138,7 @@ def test_signal_mid_epoch_writes_last_pt_and_resume_continues_at_next_batch(tmp_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
     resumed = resume(tmp_path / "split")
-    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+    assert_same_params(params_of(tmp_path / "straight" / "model.pt"), params_of(tmp_path / "split" / "model.pt"))
     assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -151,21 +151,21 @@ def test_sfeed_trains_and_saves_every_generation_and_resumes_across_them(tmp_pat
     assert set(gens[0]["history"][0]["loss"]) == {"ce", "total"}  # generation 1: CE alone
     assert set(gens[1]["history"][0]["loss"]) == {"ce", "feed_0", "total"}  # then FEED from generation 1
     for g in (1, 2):
-        assert load_student(tmp_path / "straight" / f"gen{g}" / "student.pt") is not None
+        assert load_student(tmp_path / "straight" / f"gen{g}" / "model.pt") is not None
         assert (tmp_path / "straight" / f"gen{g}" / "metrics.jsonl").exists()
-    assert summary["export"].endswith("gen2/student.pt")
+    assert summary["export"].endswith("gen2/model.pt")
 
     with signal_after_step(14, signal.SIGINT):  # generation 2, batch 4
         first = train(cfg, tmp_path / "split")
     assert first["interrupted"] and first["stopped_by"] == "SIGINT" and len(first["generations"]) == 2
-    assert (tmp_path / "split" / "gen1" / "student.pt").exists()
-    assert not (tmp_path / "split" / "gen2" / "student.pt").exists()
+    assert (tmp_path / "split" / "gen1" / "model.pt").exists()
+    assert not (tmp_path / "split" / "gen2" / "model.pt").exists()
     resumed = resume(tmp_path / "split")
     # generation 1 is not trained again: its recorded result is reused
     assert [(r["loss"], r["val"]) for r in resumed["generations"][0]["history"]] == [
         (r["loss"], r["val"]) for r in gens[0]["history"]]
-    assert_same_params(params_of(tmp_path / "straight" / "gen2" / "student.pt"),
-                       params_of(tmp_path / "split" / "gen2" / "student.pt"))
+    assert_same_params(params_of(tmp_path / "straight" / "gen2" / "model.pt"),
+                       params_of(tmp_path / "split" / "gen2" / "model.pt"))
 
 
 def test_pfeed_with_the_fused_backend_matches_the_torch_backend(tmp_path, teacher_files):
@@ -188,7 +188,7 @@ def test_training_on_cuda_with_streams_autocast_and_channels_last(tmp_path, teac
     summary = train(cfg, tmp_path)
     history = summary["history"]
     assert history[-1]["loss"]["total"] < history[0]["loss"]["total"]
-    assert all(torch.isfinite(v).all() for v in params_of(tmp_path / "student.pt").values())
+    assert all(torch.isfinite(v).all() for v in params_of(tmp_path / "model.pt").values())
     assert history[-1]["step_ms"]["teachers"] > 0
 
 
@@ -199,7 +199,7 @@ def test_resume_is_exact_on_cuda_in_deterministic_fp32(tmp_path, teacher_files):
     train(cfg, tmp_path / "straight")
     train(cfg, tmp_path / "split", max_epochs=1)
     resume(tmp_path / "split")
-    assert_same_params(params_of(tmp_path / "straight" / "student.pt"), params_of(tmp_path / "split" / "student.pt"))
+    assert_same_params(params_of(tmp_path / "straight" / "model.pt"), params_of(tmp_path / "split" / "model.pt"))
 
 
 def test_adaptive_pooling_bridges_a_spatial_mismatch_when_asked(tmp_path, teacher_files):
@@ -220,4 +220,4 @@ def test_training_with_torch_compile_on_cuda(tmp_path, teacher_files):
     cfg = tiny_config("pfeed", teacher_files[:1], epochs=1, train={"device": "cuda", "compile": True})
     summary = train(cfg, tmp_path)
     assert summary["history"][0]["loss"]["total"] > 0
-    load_student(tmp_path / "student.pt")  # the export is the plain module, not the compiled wrapper
+    load_student(tmp_path / "model.pt")  # the export is the plain module, not the compiled wrapper

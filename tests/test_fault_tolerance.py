@@ -145,7 +145,7 @@ def test_a_resumed_run_holds_each_epoch_once_matching_its_checkpoint(finished, t
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
     assert [outcome(r) for r in resumed] == [outcome(r) for r in reference]
     assert [outcome(r) for r in checkpoint(run / "last.pt")["history"]] == [outcome(r) for r in resumed]
-    assert_same_student(run / "student.pt", done / "student.pt")
+    assert_same_student(run / "model.pt", done / "model.pt")
 
 
 # --- 2. a damaged checkpoint is refused in one line, and is never the only copy ----------------------------------
@@ -188,29 +188,29 @@ def test_resume_refuses_a_damaged_last_pt_naming_it_and_what_is_beside_it(finish
 
 def test_the_previous_last_pt_resumes_a_run_whose_newest_one_is_damaged(finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    for name in ("summary.json", "student.pt"):
+    for name in ("summary.json", "model.pt"):
         (run / name).unlink()
     damage(run / "last.pt", "truncated")
     shutil.copy(run / "last.prev.pt", run / "last.pt")  # what the refusal above advises
     proc = feed_fast("train", "--resume", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert epochs_in(run) == [0, 1, 2]
-    assert_same_student(run / "student.pt", finished[1] / "student.pt")
+    assert_same_student(run / "model.pt", finished[1] / "model.pt")
 
 
 def test_eval_refuses_a_damaged_export_naming_readable_checkpoints_beside_it(finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    damage(run / "student.pt", "garbage")
-    line = assert_one_line_error(feed_fast("eval", "--checkpoint", run / "student.pt", "--data", "unused"))
-    assert line.startswith(f"feed-fast eval: error: checkpoint '{run / 'student.pt'}' is not a torch checkpoint")
+    damage(run / "model.pt", "garbage")
+    line = assert_one_line_error(feed_fast("eval", "--checkpoint", run / "model.pt", "--data", "unused"))
+    assert line.startswith(f"feed-fast eval: error: checkpoint '{run / 'model.pt'}' is not a torch checkpoint")
     assert "readable beside it: last.pt (after epoch 3), last.prev.pt (after epoch 2), best.pt" in line
 
 
 def test_a_damaged_teacher_checkpoint_is_refused_before_the_run_starts(finished, tmp_path):
     _, run = finished
-    teacher = tmp_path / "teacher" / "student.pt"
+    teacher = tmp_path / "teacher" / "model.pt"
     teacher.parent.mkdir()
-    shutil.copy(run / "student.pt", teacher)
+    shutil.copy(run / "model.pt", teacher)
     shutil.copy(run / "best.pt", teacher.parent / "best.pt")
     damage(teacher, "truncated")
     config = tmp_path / "pfeed.yaml"
@@ -233,16 +233,16 @@ def test_a_damaged_sfeed_generation_is_refused_and_its_last_pt_replaces_it(tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     for name in ("summary.json", "gen2"):  # gen1 finished, gen2 to train again
         shutil.rmtree(run / name) if name == "gen2" else (run / name).unlink()
-    damage(run / "gen1" / "student.pt", "truncated")
+    damage(run / "gen1" / "model.pt", "truncated")
     line = assert_one_line_error(feed_fast("train", "--resume", run))
-    assert f"checkpoint '{run / 'gen1' / 'student.pt'}' is truncated" in line
+    assert f"checkpoint '{run / 'gen1' / 'model.pt'}' is truncated" in line
     assert "readable beside it: last.pt (after epoch 1)" in line
-    assert "the generation's final last.pt holds the same student: copy it over student.pt" in line
+    assert "the generation's final last.pt holds the same student: copy it over model.pt" in line
 
-    shutil.copy(run / "gen1" / "last.pt", run / "gen1" / "student.pt")  # as advised
+    shutil.copy(run / "gen1" / "last.pt", run / "gen1" / "model.pt")  # as advised
     proc = in_process(capsys, "train", "--resume", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert epochs_in(run / "gen2") == [0] and (run / "gen2" / "student.pt").exists()
+    assert epochs_in(run / "gen2") == [0] and (run / "gen2" / "model.pt").exists()
 
 
 # --- 3. an --out folder that holds a run ------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room
     proc = in_process(capsys, "train", "--resume", run)  # space is back
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert epochs_in(run) == [0, 1, 2]
-    assert_same_student(run / "student.pt", done / "student.pt")
+    assert_same_student(run / "model.pt", done / "model.pt")
 
 
 # --- 6. a finished run moved elsewhere --------------------------------------------------------------------------
@@ -312,9 +312,9 @@ def test_resuming_a_moved_finished_run_reports_its_new_folder_without_nesting(fi
     for attempt in range(2):
         proc = feed_fast("train", "--resume", moved) if attempt == 0 else in_process(capsys, "train", "--resume", moved)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.strip().endswith(f"export {moved / 'student.pt'}")
+        assert proc.stdout.strip().endswith(f"export {moved / 'model.pt'}")
     summary = json.loads((moved / "summary.json").read_text())
-    assert summary["run_dir"] == str(moved) and summary["export"] == str(moved / "student.pt")
+    assert summary["run_dir"] == str(moved) and summary["export"] == str(moved / "model.pt")
     assert len(summary["generations"]) == 1 and "generations" not in summary["generations"][0]
     assert summary["generations"][0]["run_dir"] == str(moved)
 
@@ -351,11 +351,11 @@ def test_a_broken_image_ends_the_run_in_one_line_and_its_advice_works_as_written
     assert [r["changed"] for r in changed if "changed" in r] == [{"data.skip_corrupt": [False, True]}]
 
     corrupt_jpeg(paths["val"][2])  # `feed-fast eval` on the same data: its own advice, followed as written
-    line = assert_one_line_error(in_process(capsys, "eval", "--checkpoint", run / "student.pt", "--data",
+    line = assert_one_line_error(in_process(capsys, "eval", "--checkpoint", run / "model.pt", "--data",
                                             tmp_path / "data"))
     assert line.startswith("feed-fast eval: error: cannot decode 1 image file(s)") and "add --skip-corrupt" in line
     with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
-        proc = in_process(capsys, "eval", "--checkpoint", run / "student.pt", "--data", tmp_path / "data",
+        proc = in_process(capsys, "eval", "--checkpoint", run / "model.pt", "--data", tmp_path / "data",
                           "--skip-corrupt")
     assert proc.returncode == 0 and "(11 images, resnet8)" in proc.stdout  # 12 less the broken one, proc.stderr
 

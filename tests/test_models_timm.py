@@ -148,7 +148,7 @@ def test_pfeed_run_with_timm_teacher_and_student_exports_a_plain_timm_model(tmp_
     path.write_text(yaml.safe_dump(config))
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
     assert "feed_0=" in capsys.readouterr().err  # the FEED term ran
-    export = torch.load(tmp_path / "run" / "student.pt", map_location="cpu", weights_only=True)
+    export = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
     plain = timm.create_model("test_convnext.r160_in1k", num_classes=5)
     plain.load_state_dict(export["state_dict"])  # strict: no translator keys, nothing missing
     student = build_model("timm/test_convnext.r160_in1k", 5)

@@ -289,6 +289,6 @@ def test_feed_fast_train_with_the_recipe_stopped_mid_epoch_and_resumed_matches_t
     assert len(records(tmp_path / "split")) == 1
     assert main(["train", "--resume", str(tmp_path / "split")]) == 0
     assert records(tmp_path / "split") == records(tmp_path / "straight")
-    straight, split = (load(tmp_path / run / "student.pt")["state_dict"] for run in ("straight", "split"))
+    straight, split = (load(tmp_path / run / "model.pt")["state_dict"] for run in ("straight", "split"))
     assert all(torch.equal(value, split[key]) for key, value in straight.items())
     capsys.readouterr()

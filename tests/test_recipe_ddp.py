@@ -1,7 +1,7 @@
 """The recipe switches under torchrun (2 gloo processes on the CPU): with train.accumulate=2 DDP all-reduces
 gradients only in the backward of each optimizer step's last micro-batch (`no_sync` before it); the ranks end
 with identical weights and an identical EMA (BatchNorm statistics included), the one rank 0 exports as
-student_ema.pt; label smoothing rides along."""
+model_ema.pt; label smoothing rides along."""
 import json
 import os
 import subprocess
@@ -74,7 +74,7 @@ def test_accumulation_syncs_once_per_optimizer_step_and_the_ema_agrees_across_ra
     for part in ("student", "extras", "ema"):
         assert_same_tensors(rank0[part], rank1[part], part)
     assert not torch.equal(rank0["ema"]["head.fc.weight"], rank0["student"]["head.fc.weight"])  # a real average
-    assert_same_tensors(torch.load(run / "student_ema.pt", weights_only=True)["state_dict"], rank0["ema"], "export")
+    assert_same_tensors(torch.load(run / "model_ema.pt", weights_only=True)["state_dict"], rank0["ema"], "export")
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["ema"]["steps"] == 4 and last["scheduler"]["last_epoch"] == 4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

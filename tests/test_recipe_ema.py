@@ -1,7 +1,7 @@
 """`train.ema`: the moving average follows its documented rule (warm-up copies, every `every` optimizer steps,
 decay per update, BatchNorm statistics averaged, integer buffers copied); decay 0 is the raw student bit for bit;
 each epoch evaluates it beside the student (metrics.jsonl holds both, "best" follows the student); it is
-exported as student_ema.pt, which loads like student.pt and `feed-fast eval` reads; it lives in last.pt and
+exported as model_ema.pt, which loads like model.pt and `feed-fast eval` reads; it lives in last.pt and
 resumes exactly (2 epochs == 1 + resume + 1, also after a signal mid-epoch)."""
 from __future__ import annotations
 
@@ -69,11 +69,11 @@ def test_decay_zero_is_the_raw_student_bit_for_bit_and_eval_reads_the_ema_export
     summary = train(run_config("pfeed", [teacher], ema={"enabled": True, "decay": 0.0}), tmp_path)
     for record in summary["history"]:
         assert record["val_ema"] == record["val"]
-    student, averaged = load(tmp_path / "student.pt"), load(tmp_path / "student_ema.pt")
+    student, averaged = load(tmp_path / "model.pt"), load(tmp_path / "model_ema.pt")
     assert {k: v for k, v in averaged.items() if k != "state_dict"} == {
         k: v for k, v in student.items() if k != "state_dict"}  # the same export format and metadata
     assert_same_tensors(averaged["state_dict"], student["state_dict"], "EMA with decay 0")  # BN buffers included
-    assert summary["export_ema"] == str(tmp_path / "student_ema.pt")
+    assert summary["export_ema"] == str(tmp_path / "model_ema.pt")
     assert summary["final_top1_ema"] == summary["final_top1"]
 
 
@@ -88,25 +88,25 @@ def test_ema_is_evaluated_beside_the_student_exported_and_best_follows_the_stude
     best = load(tmp_path / "best.pt")
     assert best["epoch"] == best_epoch + 1  # best.pt: the raw student's best epoch, its EMA with it
     assert best["ema"]["steps"] == (best_epoch + 1) * 10
-    assert "student_ema.pt" in run_files_in(tmp_path)  # a run's file: --overwrite removes it, a new run is refused
+    assert "model_ema.pt" in run_files_in(tmp_path)  # a run's file: --overwrite removes it, a new run is refused
     assert summary["best_top1"] == records[best_epoch]["val"]["top1"]
 
-    # student_ema.pt loads strictly into the plain model, and `feed-fast eval` reproduces val_ema
-    averaged = load_student(tmp_path / "student_ema.pt")
+    # model_ema.pt loads strictly into the plain model, and `feed-fast eval` reproduces val_ema
+    averaged = load_student(tmp_path / "model_ema.pt")
     plain = build_model("resnet8", CLASSES, **TINY)
     plain.load_state_dict(averaged.state_dict())
     last = load(tmp_path / "last.pt")
-    assert_same_tensors(last["ema"]["state_dict"], load(tmp_path / "student_ema.pt")["state_dict"], "last.pt's EMA")
+    assert_same_tensors(last["ema"]["state_dict"], load(tmp_path / "model_ema.pt")["state_dict"], "last.pt's EMA")
     assert last["ema"]["steps"] == 3 * 10
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(tmp_path / "student_ema.pt"), "--data", "", "--batch-size", "16"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "model_ema.pt"), "--data", "", "--batch-size", "16"]) == 0
     top1 = float(capsys.readouterr().out.split()[1])
     assert top1 == pytest.approx(records[-1]["val_ema"]["top1"], abs=0.005)
 
 
 def test_without_ema_nothing_of_it_is_written(tmp_path):
     summary = train(run_config("baseline", epochs=1, max_steps_per_epoch=2), tmp_path)
-    assert not (tmp_path / "student_ema.pt").exists() and "ema" not in load(tmp_path / "last.pt")
+    assert not (tmp_path / "model_ema.pt").exists() and "ema" not in load(tmp_path / "last.pt")
     assert "val_ema" not in summary["history"][0] and summary["export_ema"] is None
 
 
@@ -119,8 +119,8 @@ def test_two_epochs_equal_one_plus_resume_plus_one_ema_included(tmp_path, teache
     assert a["ema"]["steps"] == b["ema"]["steps"] == 20
     assert_same_tensors(a["ema"]["state_dict"], b["ema"]["state_dict"], "EMA")
     assert_same_tensors(a["student"], b["student"], "student")
-    assert_same_tensors(load(tmp_path / "straight" / "student_ema.pt")["state_dict"],
-                        load(tmp_path / "split" / "student_ema.pt")["state_dict"], "student_ema.pt")
+    assert_same_tensors(load(tmp_path / "straight" / "model_ema.pt")["state_dict"],
+                        load(tmp_path / "split" / "model_ema.pt")["state_dict"], "model_ema.pt")
     assert [(r["loss"], r["val"], r["val_ema"]) for r in straight["history"]] == [
         (r["loss"], r["val"], r["val_ema"]) for r in resumed["history"]]
 
@@ -132,8 +132,8 @@ def test_a_signal_mid_epoch_keeps_the_ema_exact(tmp_path, teacher):
         assert train(cfg, tmp_path / "split")["interrupted"]
     assert load(tmp_path / "split" / "last.pt")["ema"]["steps"] == 4
     resume(tmp_path / "split")
-    assert_same_tensors(load(tmp_path / "straight" / "student_ema.pt")["state_dict"],
-                        load(tmp_path / "split" / "student_ema.pt")["state_dict"], "student_ema.pt")
+    assert_same_tensors(load(tmp_path / "straight" / "model_ema.pt")["state_dict"],
+                        load(tmp_path / "split" / "model_ema.pt")["state_dict"], "model_ema.pt")
 
 
 def test_resuming_a_run_without_ema_starts_the_average_from_the_resumed_student(tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_resuming_a_run_without_ema_starts_the_average_from_the_resumed_student(
     resume(tmp_path)
     assert "holds no EMA (written with train.ema.enabled=false); the average starts from the resumed student" in (
         capsys.readouterr().err)
-    assert load(tmp_path / "last.pt")["ema"]["steps"] == 4 and (tmp_path / "student_ema.pt").exists()
+    assert load(tmp_path / "last.pt")["ema"]["steps"] == 4 and (tmp_path / "model_ema.pt").exists()
 
 
 def test_an_ema_of_another_model_in_last_pt_is_refused_in_one_line(tmp_path):

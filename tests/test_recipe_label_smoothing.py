@@ -115,5 +115,5 @@ def test_a_smoothed_run_trains_and_validates_with_plain_ce(tmp_path):
     assert smoothed["loss"]["ce"] > plain["loss"]["ce"]  # the smoothed target's CE is bounded away from 0
     # validation: plain CE of the exported student, whatever the training smoothing
     val = build_loader("", "val", 16, dataset="synthetic", image_size=16, device="cpu", num_classes=CLASSES)
-    student = load_student(tmp_path / "ls0.3" / "student.pt")
+    student = load_student(tmp_path / "ls0.3" / "model.pt")
     assert smoothed["val"]["loss"] == pytest.approx(evaluate(student, val)["loss"], rel=1e-12)

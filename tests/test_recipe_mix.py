@@ -186,8 +186,8 @@ def test_a_run_with_mixing_stopped_mid_epoch_and_resumed_equals_the_uninterrupte
     with signal_after_step(13, signal.SIGTERM):  # epoch 2, after its third step
         assert train(cfg, tmp_path / "split")["interrupted"]
     resumed = resume(tmp_path / "split")
-    assert_same_tensors(load(tmp_path / "straight" / "student.pt")["state_dict"],
-                        load(tmp_path / "split" / "student.pt")["state_dict"], "student")
+    assert_same_tensors(load(tmp_path / "straight" / "model.pt")["state_dict"],
+                        load(tmp_path / "split" / "model.pt")["state_dict"], "student")
     assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
     unmixed = train(run_config("pfeed", [teacher], label_smoothing=0.1), tmp_path / "unmixed")
     assert unmixed["history"][0]["loss"] != straight["history"][0]["loss"]  # the control: mixing changed the run

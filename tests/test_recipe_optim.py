@@ -263,8 +263,8 @@ def test_a_run_with_param_groups_and_clipping_resumes_exactly(tmp_path, teacher)
     last = load(tmp_path / "split" / "last.pt")
     assert [g["weight_decay"] for g in last["optimizer"]["param_groups"]] == [5e-4, 0.0, 0.0]
     resume(tmp_path / "split")
-    assert_same_tensors(load(tmp_path / "straight" / "student.pt")["state_dict"],
-                        load(tmp_path / "split" / "student.pt")["state_dict"], "student")
+    assert_same_tensors(load(tmp_path / "straight" / "model.pt")["state_dict"],
+                        load(tmp_path / "split" / "model.pt")["state_dict"], "student")
     with pytest.raises(ConfigError, match="optim.norm_weight_decay"):
         resume(tmp_path / "split", overrides=["optim.norm_weight_decay=0.1"])
 

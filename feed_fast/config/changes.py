@@ -4,8 +4,8 @@ the math of the steps already taken. Everything else is refused in one line nami
 
 - `data.root` (a moved dataset), `data.skip_corrupt`, `data.num_threads`, `data.download`,
   `data.eval_batch_size` (evaluation only), `train.log_every`, `train.progress`, `train.eval_every`,
-  `train.checkpoint_minutes`, `train.stop_signal`: where the data is read from, how fast, what is printed and
-  when files are written.
+  `train.checkpoint_minutes`, `train.stop_signal`, `train.check_teachers`: where the data is read from, how fast,
+  what is printed and checked, and when files are written.
 - `schedule.epochs`, longer only, where the lr of every step does not depend on the epoch count: `multistep`
   and `constant` (their warm-up included); not `cosine`, whose curve is stretched over the whole run, and not
   for sFEED (each generation's final student teaches the next)."""
@@ -18,7 +18,7 @@ from .schema import RunConfig
 
 RESUMABLE = ("data.root", "data.skip_corrupt", "data.num_threads", "data.download", "data.eval_batch_size",
              "train.log_every", "train.progress", "train.eval_every", "train.checkpoint_minutes",
-             "train.stop_signal")
+             "train.stop_signal", "train.check_teachers")
 LONGER_ONLY = "schedule.epochs"
 EXTENSIBLE_SCHEDULES = ("multistep", "constant")
 

@@ -69,23 +69,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
-    """A copy of `raw` with each `a.b.c=value` set (a list entry by its index: `teachers.0.checkpoint=FILE`)."""
+    """A copy of `raw` with each `a.b.c=value` set. A list entry is named by its index (`teachers.0.checkpoint=FILE`);
+    the index one past the end adds an entry (`teachers.1.name=resnet56` on a config with one teacher), and a
+    missing list followed by index 0 is made (`teachers.0.name=...` on a config without teachers)."""
     raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
         for i, k in enumerate(keys):
             where = ".".join(keys[:i]) or "the config"
+            last = i == len(keys) - 1
             if isinstance(node, list):
-                if not k.isdigit() or int(k) >= len(node):
-                    raise ConfigError(f"--set {text!r}: {where} has {len(node)} entries, got index {k!r}")
+                if not k.isdigit() or int(k) > len(node):
+                    raise ConfigError(f"--set {text!r}: {where} has {len(node)} entries, got index {k!r} (index "
+                                      f"{len(node)} adds one)")
                 k = int(k)
+                if k == len(node):
+                    node.append(None if last else {})
             elif not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {where} is {node!r}, not a mapping")
-            if i == len(keys) - 1:
+            if last:
                 node[k] = value
+            elif isinstance(node, dict):
+                if node.get(k) is None:  # absent, or an empty YAML entry (`teachers:`)
+                    node[k] = [] if keys[i + 1].isdigit() else {}
+                node = node[k]
             else:
-                node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
+                node = node[k]
     return raw
 
 

@@ -15,7 +15,8 @@ from ..loaders.transforms import AUTO_AUGMENTS, NUM_MAGNITUDE_BINS
 from ..methods import METHODS
 from ..runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from ..validation import BACKENDS as LOSS_BACKENDS
-from .parse import Above, AtLeast, Below, ConfigError, apply_overrides, from_mapping
+from .parse import Above, AtLeast, Below, ConfigError, from_mapping
+from .teachers import apply_run_overrides, both_sources_hint
 
 PositiveInt = Annotated[int, AtLeast(1)]
 NonNegativeInt = Annotated[int, AtLeast(0)]
@@ -153,7 +154,12 @@ class TrainConfig:
     log_every: PositiveInt = 50  # steps between TensorBoard scalars and progress lines
     max_steps_per_epoch: PositiveInt | None = None  # cap on optimizer steps (smoke runs, benchmarks)
     eval_every: PositiveInt = 1  # epochs
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"  # auto: a bar on a TTY, plain lines otherwise
+    # auto: a bar on a TTY, plain lines otherwise; epochs: the start block and one line per epoch, no per-step
+    # progress; none: nothing on stderr but warnings and errors
+    progress: Literal["auto", "bar", "lines", "epochs", "none"] = "auto"
+    # score every teacher and their ensemble on the val split before distilling, once per run, and warn about a
+    # teacher near chance or far below the best one (engine/teacher_check.py, docs/training.md "Teachers")
+    check_teachers: bool = True
     # recipe switches (README "Training"): every method's CE term (validation loss stays plain CE)
     label_smoothing: Fraction = 0.0
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -187,9 +193,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict | None, overrides=(), *, check_paths: bool = True) -> RunConfig:
-        """Defaults + `raw` (the nested dict of a YAML file) + `--set key=value` overrides, every key type-checked,
-        then the rules that span keys (`check_run`). Raises ConfigError naming the key."""
-        cfg = from_mapping(cls, apply_overrides(raw or {}, overrides))
+        """Defaults + `raw` (the nested dict of a YAML file) + `--set key=value` overrides (with teachers.py's
+        rules for a teacher's source), every key type-checked, then the rules that span keys (`check_run`).
+        Raises ConfigError naming the key."""
+        cfg = from_mapping(cls, apply_run_overrides(raw or {}, overrides))
         check_run(cfg, check_paths=check_paths)
         return cfg
 
@@ -220,6 +227,20 @@ def check_weights(key: str, name: str, weights: str) -> None:
         raise ConfigError(f"{key} {detail}") from None
 
 
+def earlier_export(teacher: TeacherConfig) -> str:
+    """A hint for a missing checkpoint named as a run's export when its twin lies beside it: model.pt where an
+    earlier release wrote student.pt, or the reverse."""
+    from ..engine.checkpoint import LEGACY_EXPORTS
+
+    path = Path(teacher.checkpoint)
+    twins = {**LEGACY_EXPORTS, **{old: new for new, old in LEGACY_EXPORTS.items()}}
+    other = path.with_name(twins[path.name]) if path.name in twins else None
+    if other is None or not other.is_file():
+        return ""
+    return (f" (but {str(other)!r} does: a run's export was student.pt before feed-fast named it model.pt; either "
+            "loads)")
+
+
 def check_stop_signal(key: str, name: str) -> None:
     from ..runtime.signals import stop_signal_number
 
@@ -232,18 +253,20 @@ def check_stop_signal(key: str, name: str) -> None:
 def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
     """The rules that span keys, and those that ask the machine (paths, CUDA, DALI), before any work starts."""
     check_model("model.name", cfg.model.name)
-    for i, teacher in enumerate(cfg.teachers):
+    used_teachers = cfg.teachers if METHODS[cfg.method.name].uses_given_teachers else []  # baseline drops them
+    for i, teacher in enumerate(used_teachers):
         key = f"teachers.{i}"
         check_model(f"{key}.name", teacher.name)
         if teacher.checkpoint and teacher.weights:
-            raise ConfigError(f"{key}: give checkpoint or weights, not both")
+            raise ConfigError(f"{key} ({teacher.name}): give checkpoint or weights, not both (checkpoint "
+                              f"{teacher.checkpoint!r}, weights {teacher.weights!r}): {both_sources_hint(key)}")
         if not teacher.checkpoint and not teacher.weights:
             raise ConfigError(f"{key} ({teacher.name}) needs a checkpoint (local file) or weights (a weights name "
                               "the model zoo knows); an untrained teacher teaches nothing")
         if teacher.weights:
             check_weights(f"{key}.weights", teacher.name, teacher.weights)
         if check_paths and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
-            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist")
+            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist{earlier_export(teacher)}")
     if METHODS[cfg.method.name].requires_teachers and not cfg.teachers:
         raise ConfigError(f"method.name={cfg.method.name!r} needs at least one entry in teachers")
 

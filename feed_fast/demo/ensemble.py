@@ -16,14 +16,14 @@ class SoftmaxEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, images: Tensor) -> Tensor:
-        probabilities = torch.stack([m(images).float().softmax(dim=1) for m in self.members]).mean(dim=0)
-        # The log of the mean probability: same argmax, and a proper log-likelihood for evaluate's CE.
-        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+        from ..engine.evaluate import softmax_ensemble  # the engine's rule, as its teacher check scores it
+
+        return softmax_ensemble([m(images) for m in self.members])
 
 
 def evaluate_ensemble(student_exports: Sequence[str], data_root: str, *, image_size: int, batch_size: int,
                       device: torch.device) -> dict:
-    """Val top-1/top-5 of the ensemble of the models exported by the engine (each run's student.pt), read
+    """Val top-1/top-5 of the ensemble of the models exported by the engine (each run's model.pt), read
     through the same loader and scored by the same `evaluate` as every training run."""
     from ..engine import evaluate, load_student
     from ..loaders import build_loader

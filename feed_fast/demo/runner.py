@@ -158,6 +158,7 @@ def refuse_a_used_folder(run_dir: Path) -> None:
 
 def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
     from ..engine import train
+    from ..engine.checkpoint import EXPORT
 
     started = time.perf_counter()
     check_configs(settings)
@@ -198,7 +199,7 @@ def _run(settings: DemoSettings, write: Callable[[str], None]) -> DemoOutcome:
         config = engine_config(settings, data.root, model=settings.teacher_model, model_kwargs=settings.teacher_kwargs,
                                seed=seed, epochs=settings.epochs_for_teachers, method="baseline")
         result = run(label, TEACHER, settings.teacher_model, config, run_dir / "teachers" / f"teacher-{k + 1}", seed)
-        teacher_specs.append({"name": settings.teacher_model, "checkpoint": str(Path(result.run_dir) / "student.pt"),
+        teacher_specs.append({"name": settings.teacher_model, "checkpoint": str(Path(result.run_dir) / EXPORT),
                               "kwargs": dict(settings.teacher_kwargs)})
         progress.finished(f"val top-1 {result.val_top1:.2f}%", since)
 

@@ -5,7 +5,8 @@ from `feed_fast.runtime`; the methods from `feed_fast.methods`.
 
 A run folder holds config.yaml (the config as given, with the changes resumes made), metrics.jsonl (one line per
 epoch), attempts.jsonl (one line per start and end of `feed-fast train` on it), tensorboard/, last.pt, best.pt,
-student.pt (the student alone), student_ema.pt (its moving average, with train.ema) and summary.json; sFEED
+model.pt (the trained student alone: student.pt before), model_ema.pt (its moving average, with train.ema),
+teachers.json (the teachers' scores before training: engine/teacher_check.py) and summary.json; sFEED
 writes one such folder per generation (gen1/, gen2/, ...) and a summary.json on top. The README's training
 section and docs/training.md describe them."""
 from ..config import ConfigError, RunConfig, load_config

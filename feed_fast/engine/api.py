@@ -23,19 +23,21 @@ import yaml
 from ..atomic_files import WriteFailed, atomic_write_text, check_writable_folder, stale_temporaries
 from ..config import ConfigError, RunConfig
 from ..config.changes import check_resume_changes, config_changes, describe_change
+from ..config.teachers import without_unused_teachers
 from ..methods import build_method
 from ..runtime import open_runtime
 from ..runtime.distributed import barrier, launched_rank
-from .checkpoint import CHECKPOINT_NAMES, EMA_EXPORT, EXPORT, LAST, CheckpointError, load_exported_student
+from .checkpoint import CHECKPOINT_NAMES, EMA_EXPORT, LAST, CheckpointError, export_in, load_exported_student
 from .data import build_loaders
 from .layout import effective_config, new_layout, recorded_layout, resumed_layout
 from .run_log import ATTEMPTS_FILE, METRICS_FILE, TENSORBOARD_DIR, record_attempt
+from .teacher_check import TEACHERS_FILE, TeacherCheck, check_teachers, print_warnings
 from .teachers import load_teachers
 from .trainer import GenerationTrainer
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, ATTEMPTS_FILE, *CHECKPOINT_NAMES, SUMMARY_FILE)  # a run's files
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, ATTEMPTS_FILE, TEACHERS_FILE, *CHECKPOINT_NAMES, SUMMARY_FILE)  # a run's files
 GENERATION_DIR = re.compile(r"gen\d+")  # sFEED's per-generation folders
 
 
@@ -52,6 +54,7 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
     export, final_top1_ema, export_ema (None without train.ema), run_dir, generations: [the same per
     generation]}. Top-level entries are the last generation's."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    cfg = without_unused_teachers(cfg, say=launched_rank() == 0)  # baseline: none in config.yaml, said once
     run_dir = Path(out_dir)
     if launched_rank() == 0:  # rank 0 writes the folder; if it refuses, torchrun stops the other ranks
         prepare_run_folder(run_dir, resume=resume, overwrite=overwrite)
@@ -74,6 +77,7 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
                 for stage in {run_dir, *stages}:
                     (stage / SUMMARY_FILE).unlink(missing_ok=True)
         barrier(runtime.dist)
+        checked = check_teachers(cfg, runtime, loaders, given, run_dir)  # once per run: teachers.json
         summaries, previous_student, announced = [], None, False
         for g, stage_dir in enumerate(stages):
             done = finished_generation(stage_dir, cfg.schedule.epochs) if resume else None
@@ -84,7 +88,9 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
             trainer = GenerationTrainer.from_config(run_cfg, runtime, loaders, method,
                                                     method.teachers_for(g, given, previous_student),
                                                     generation=g, run_dir=stage_dir, resume_dir=run_dir)
-            start = None if announced else StartReport(run_dir, resume, note, changes or {})
+            if g == 0 and checked is not None:  # the generation that learns from the configured teachers
+                trainer.teacher_check = checked.record
+            start = None if announced else StartReport(run_dir, resume, note, changes or {}, checked)
             summary = trainer.fit(resume=resume, max_epochs=max_epochs, announce=start)
             announced = True
             summaries.append(summary)
@@ -93,7 +99,8 @@ def train(config: dict | RunConfig, out_dir, *, resume: bool = False, overwrite:
             if runtime.is_main:
                 atomic_write_text(json.dumps(summary, indent=1), stage_dir / SUMMARY_FILE)
             previous_student = trainer.student
-        result = {**summaries[-1], "generations": summaries, "run_dir": str(run_dir)}
+        result = {**summaries[-1], "generations": summaries, "run_dir": str(run_dir),
+                  "teacher_check": checked.record if checked is not None else None}
         if runtime.is_main:
             if not result["interrupted"]:
                 atomic_write_text(json.dumps(result, indent=1), run_dir / SUMMARY_FILE)
@@ -115,6 +122,7 @@ def resume(run_dir, *, overrides=(), max_epochs: int | None = None) -> dict:
             raise ConfigError(f"{err} (a moved dataset: `feed-fast train --resume {run_dir} --set "
                               "data.root=PATH`)") from None
         raise
+    cfg = without_unused_teachers(cfg, say=False)  # as the run recorded it
     changes = config_changes(recorded, cfg)
     check_resume_changes(changes, recorded, where="--set")
     return train(cfg, run_dir, resume=True, max_epochs=max_epochs, changes=changes)
@@ -128,6 +136,7 @@ def start_or_continue(config: dict | RunConfig, out_dir, *, max_epochs: int | No
     Under torchrun every rank looks at the folder before joining the process group; rank 0 writes config.yaml
     only after all have joined, so the ranks always take the same decision."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    cfg = without_unused_teachers(cfg, say=launched_rank() == 0)  # as the run recorded it
     run_dir = Path(out_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         return train(cfg, run_dir, max_epochs=max_epochs)
@@ -158,14 +167,17 @@ def _now() -> str:
 class StartReport:
     """Rank 0's block at the start of training (stderr, unless train.progress is none), once the starting point
     is known, and its record in attempts.jsonl: processes, per-process batch, accumulate, global batch, lr,
-    device, precision, data and loss backends, and where a resumed run continues from."""
+    device, precision, data and loss backends, where a resumed run continues from, and the teachers' scores
+    (teacher_check.py; its warnings are printed whatever train.progress says)."""
 
-    def __init__(self, run_dir: Path, resume: bool, note: str | None, changes: dict) -> None:
-        self.run_dir, self.resume, self.note, self.changes = run_dir, resume, note, changes
+    def __init__(self, run_dir: Path, resume: bool, note: str | None, changes: dict,
+                 teachers: TeacherCheck | None = None) -> None:
+        self.run_dir, self.resume, self.note, self.changes, self.teachers = run_dir, resume, note, changes, teachers
 
     def __call__(self, trainer: GenerationTrainer) -> None:
         if trainer.cfg.train.progress != "none":  # none: nothing on stderr but warnings and errors
             print("\n".join(self.lines(trainer)), file=sys.stderr, flush=True)
+        print_warnings(self.teachers)
         record = {"time": _now(), "started": "continued" if trainer.resumed_from else "new",
                   "layout": trainer.layout.to_dict(), "lr": trainer.cfg.optim.lr}
         if trainer.resumed_from:
@@ -213,6 +225,10 @@ class StartReport:
             + "per epoch",
             f"  loss       {loss}",
         ]
+        if self.teachers is not None:
+            lines += self.teachers.lines()
+        elif cfg.teachers and not trainer.generation:
+            lines.append("  teachers   not scored (train.check_teachers: false)")
         if self.note:
             lines.append(f"  note       {self.note}")
         if self.changes:
@@ -221,7 +237,7 @@ class StartReport:
 
 
 def load_student(path) -> torch.nn.Module:
-    """The plain student from an export (student.pt), best.pt or last.pt."""
+    """The plain model from an export (model.pt, or an earlier release's student.pt), best.pt or last.pt."""
     model, _ = load_exported_student(path)
     return model
 
@@ -271,16 +287,16 @@ def finished_generation(stage_dir: Path, epochs: int) -> dict | None:
     if not isinstance(summary, dict) or len(summary.get("history", [])) < epochs:
         return None
     summary.pop("generations", None)  # a one-generation run's summary.json is also the run's: keep the stage part
-    summary.update(run_dir=str(stage_dir), export=str(stage_dir / EXPORT))
+    summary.update(run_dir=str(stage_dir), export=str(export_in(stage_dir)))
     if summary.get("export_ema"):
-        summary["export_ema"] = str(stage_dir / EMA_EXPORT)
+        summary["export_ema"] = str(export_in(stage_dir, EMA_EXPORT))
     return summary
 
 
 def load_generation_student(stage_dir: Path, cfg: RunConfig) -> torch.nn.Module:
     """A finished generation's student (the next sFEED generation's teacher), refused if damaged or another model."""
-    path = stage_dir / EXPORT
-    hint = f"the generation's final {LAST} holds the same student: copy it over {EXPORT}"
+    path = export_in(stage_dir)  # model.pt, or an earlier release's student.pt
+    hint = f"the generation's final {LAST} holds the same student: copy it over {path.name}"
     model, meta = load_exported_student(path, use_instead=hint)
     if meta["model"] != cfg.model.name or dict(meta.get("model_kwargs", {})) != dict(cfg.model.kwargs):
         raise CheckpointError(path, f"holds a {meta['model']} {meta.get('model_kwargs', {})}, but this run's "

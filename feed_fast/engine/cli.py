@@ -15,8 +15,9 @@ TRAIN_HELP = ("Distil (or train) a student as a YAML config says (see configs/; 
               "image; a failed write (a full disk) or a lost peer process exits 1 in one line, with the last "
               "checkpoint intact. A stop signal (SIGINT, SIGTERM, SIGUSR1, train.stop_signal) finishes the "
               "optimizer step, writes last.pt and exits 128 + the signal's number (130, 143, 138).")
-EVAL_HELP = ("Top-1/top-5 of a student checkpoint (student.pt, best.pt or last.pt) on a dataset's val split, read "
-             "by the same loader and at the same image size as in training unless told otherwise.")
+EVAL_HELP = ("Top-1/top-5 of a run's model (model.pt, best.pt or last.pt; student.pt from earlier releases) on a "
+             "dataset's val split, read by the same loader and at the same image size as in training unless told "
+             "otherwise.")
 
 
 def register(subparsers) -> None:
@@ -26,6 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("config", nargs="?", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set optim.lr=0.05 --set method.name=kd")
+    p.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="NAME=CHECKPOINT_OR_WEIGHTS",
+                   help="the teachers, replacing the config's (repeat for several; --set applies after), e.g. "
+                        "--teacher resnet34=runs/r34/model.pt --teacher resnet34=ResNet34_Weights.IMAGENET1K_V1: a "
+                        "file here, or a value with a / or a checkpoint suffix (.pt, .pth, ...), is a checkpoint; "
+                        "anything else a weights name")
     p.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.pt with its recorded config; --set may change "
@@ -42,7 +48,7 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a student checkpoint on a dataset's val split",
                               description=EVAL_HELP)
-    e.add_argument("--checkpoint", required=True, help="student.pt, best.pt or last.pt")
+    e.add_argument("--checkpoint", required=True, help="model.pt (student.pt before), best.pt or last.pt")
     e.add_argument("--data", required=True, help="dataset root (ignored for --dataset synthetic)")
     e.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the run trained on")
     e.add_argument("--image-size", type=int, default=None,
@@ -57,6 +63,7 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..atomic_files import WriteFailed
     from ..config import ConfigError, load_config
+    from ..config.teachers import teacher_flags_override
     from ..loaders import CorruptImageError
     from ..runtime.distributed import lost_peer
     from ..runtime.signals import exit_status
@@ -66,18 +73,19 @@ def run_train(args: argparse.Namespace) -> int:
     prefix = "feed-fast train: error:" if _rank() == 0 else f"feed-fast train: error (rank {_rank()}):"
     run_dir = args.resume or args.out
     try:
+        overrides = [teacher_flags_override(args.teachers), *args.overrides] if args.teachers else args.overrides
         if args.resume:
             if args.config or args.overwrite or args.auto_resume:
                 raise ConfigError("--resume RUN_DIR takes no CONFIG, --overwrite or --auto-resume: the run's "
                                   "config.yaml is used (--set may change what a resume allows)")
-            summary = resume(args.resume, overrides=args.overrides)
+            summary = resume(args.resume, overrides=overrides)
         else:
             if not args.config:
                 raise ConfigError("give a CONFIG file (see configs/) or --resume RUN_DIR")
             if args.auto_resume and (args.overwrite or not args.out):
                 raise ConfigError("--auto-resume needs --out DIR (the run folder to continue) and takes no "
                                   "--overwrite")
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_config(args.config, overrides)
             run_dir = args.out or str(Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
             summary = (start_or_continue(cfg, run_dir) if args.auto_resume
                        else train(cfg, run_dir, overwrite=args.overwrite))

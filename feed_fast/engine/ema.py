@@ -1,5 +1,5 @@
 """`train.ema`: an exponential moving average of the student, evaluated each epoch beside the raw student and
-exported as student_ema.pt (torchvision's reference script's `--model-ema`, timm's ModelEmaV3).
+exported as model_ema.pt (torchvision's reference script's `--model-ema`, timm's ModelEmaV3).
 
 What is averaged: every floating-point parameter *and* buffer, BatchNorm's running mean and variance included
 (as torchvision's `ExponentialMovingAverage(use_buffers=True)` and timm do), so the EMA model carries statistics
@@ -61,6 +61,23 @@ class StudentEMA:
             torch._foreach_lerp_(ema_floats, floats, 1.0 - self.decay)
         if ema_ints:
             torch._foreach_copy_(ema_ints, ints)
+
+    def unaveraged(self) -> str | None:
+        """Why the average holds no averaging update yet, in one line naming the setting to change; None when it
+        holds one. Without one it is the student's initial weights (no update: `every` more than the steps taken)
+        or a copy of the student (every update within the warm-up), not an average. The trainer says so at
+        export."""
+        first_average = (self.warmup_steps // self.every + 1) * self.every  # the first step whose update averages
+        if self.steps >= first_average:
+            return None
+        if self.steps < self.every:
+            return (f"train.ema was never updated: it updates every {self.every} optimizer steps and this run took "
+                    f"{self.steps}, so the EMA export holds the student's initial weights; set train.ema.every to "
+                    f"at most {max(self.steps, 1)}")
+        last_update = self.steps // self.every * self.every
+        return (f"train.ema was never averaged: all its updates fell within train.ema.warmup_steps="
+                f"{self.warmup_steps} (this run took {self.steps} optimizer steps), so the EMA export is a copy of "
+                f"the student; set train.ema.warmup_steps below {last_update}")
 
     def plain_module(self) -> nn.Module:
         """The averaged model as the export holds it (see `student_export`)."""

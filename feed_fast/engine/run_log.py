@@ -96,7 +96,8 @@ def _flatten(record: dict, prefix: str = "") -> dict:
 
 
 class EpochProgress:
-    """Images/s and ETA per epoch; `mode` bar | lines | none ("auto" picks bar on a TTY)."""
+    """Images/s and ETA per epoch; `mode` bar | lines | epochs | none ("auto" picks bar on a TTY). `epochs`: the
+    epoch lines and the notes between steps (a checkpoint written), no per-step progress; `none`: nothing."""
 
     def __init__(self, mode: str, enabled: bool, every: int, stream=None) -> None:
         self.stream = stream or sys.stderr
@@ -117,7 +118,7 @@ class EpochProgress:
         """`images`: seen in this call's part of the epoch by all processes together (the rate printed is the
         total, as the epoch line's). `losses` maps names to 0-d tensors, read (a device sync) only on the steps
         that print."""
-        if self.mode == "none":
+        if self.mode in ("none", "epochs"):
             return
         if self.mode == "bar":
             self.bar.update(1)

@@ -94,6 +94,7 @@ class GenerationTrainer:
         self.checkpoint_stalls_ms: list[float] = []  # how long the step loop waited, per checkpoint
         self.written: deque[str] = deque()  # lines about finished mid-epoch checkpoints, printed between steps
         self.resumed_from: dict | None = None  # where a resumed run continues (after `load`)
+        self.teacher_check: dict | None = None  # teacher_check.py's record (set by api.train): in epoch 0's record
 
     @classmethod
     def from_config(cls, cfg: RunConfig, runtime: Runtime, loaders: Loaders, method: Method,
@@ -161,6 +162,8 @@ class GenerationTrainer:
             atomic_save(self.export(self.student), self.run_dir / EXPORT)
             if self.ema is not None:
                 atomic_save(self.export(self.ema.model), self.run_dir / EMA_EXPORT)
+                if self.ema.unaveraged():
+                    print(f"feed-fast train: warning: {self.ema.unaveraged()}", file=sys.stderr, flush=True)
         self.log.close()
         return self.summary(interrupted)
 
@@ -182,6 +185,8 @@ class GenerationTrainer:
                 interrupted = True
                 break
             record = {"epoch": self.epoch, "generation": self.generation, **train_stats}
+            if self.epoch == 0 and self.teacher_check is not None:
+                record["teacher_check"] = self.teacher_check
             if (self.epoch + 1) % self.cfg.train.eval_every == 0 or self.epoch + 1 == epochs:
                 record["val"] = self.evaluate(self.student)
                 if self.ema is not None:  # beside the raw student; "best" follows the raw student
@@ -313,7 +318,7 @@ class GenerationTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------------
     def export(self, model: nn.Module) -> dict:
-        """student.pt's content for `model` (the student, or its EMA)."""
+        """model.pt's content for `model` (the student, or its EMA)."""
         return student_export(self.cfg.model.name, self.loaders.train.num_classes, self.cfg.model.kwargs, model,
                               self.export_data())
 
