@@ -28,8 +28,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "0"  # compiled code, whatever the caller's environment says
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "kernel_figures_sm90.json"
 # ---- compiling without a GPU --------------------------------------------------------------------------------
@@ -78,6 +76,9 @@ class CompileOnlyLauncher:
 
 
 def use_compile_only_driver(arch: int) -> None:
+    """Compile for `arch` from here on. Call before feed_fast.kernels is imported: the kernels must be decorated
+    as compiled code, not for Triton's interpreter."""
+    os.environ["TRITON_INTERPRET"] = "0"
     from triton.runtime import driver
 
     driver.set_active(CompileOnlyDriver(arch))
@@ -138,6 +139,17 @@ def mma_counts(ptx: str) -> dict:
     }
 
 
+def fp32_math(ptx: str) -> dict:
+    """Divisions and square roots in the PTX by rounding: `.rn` rounds to nearest (IEEE), `div.full` (within 2
+    ulp) and `sqrt.approx` (about 1 ulp) do not."""
+    return {
+        "div_rn": len(re.findall(r"\bdiv\.rn(?:\.ftz)?\.f32\b", ptx)),
+        "div_approx": len(re.findall(r"\bdiv\.(?:full|approx)(?:\.ftz)?\.f32\b", ptx)),
+        "sqrt_rn": len(re.findall(r"\bsqrt\.rn(?:\.ftz)?\.f32\b", ptx)),
+        "sqrt_approx": len(re.findall(r"\bsqrt\.approx(?:\.ftz)?\.f32\b", ptx)),
+    }
+
+
 _BITS = {"b8": 1, "u8": 1, "s8": 1, "b16": 2, "u16": 2, "s16": 2, "f16": 2, "bf16": 2, "b32": 4, "u32": 4,
          "s32": 4, "f32": 4, "b64": 8, "u64": 8, "s64": 8, "f64": 8}
 
@@ -191,6 +203,7 @@ def binary_figures(binary) -> dict:
         "spill_loads": usage.get("spill_loads"),
         "pipeline_waits": pipeline_waits(ptx),
         "global_loads": global_loads(ptx),
+        "fp32_math": fp32_math(ptx),
         **mma_counts(ptx),
         "sms": H100.sms,
     }
@@ -304,9 +317,9 @@ def markdown_table(rows, triton_version: str | None = None) -> str:
     version = triton_version or rows[0]["triton"]
     spills = {}
     for r in rows:
-        key = (r["case"], r["kernel"])
-        spills.setdefault(key, []).append(f"{r['stack_bytes']} B, {r['spill_stores']}/{r['spill_loads']}"
-                                          if r["stack_bytes"] or r["spill_stores"] or r["spill_loads"] else "0")
+        spills.setdefault((r["case"], r["kernel"]), {})[r["triton"]] = (
+            f"{r['stack_bytes']} B, {r['spill_stores']}/{r['spill_loads']}"
+            if r["stack_bytes"] or r["spill_stores"] or r["spill_loads"] else "0")
     versions = sorted({r["triton"] for r in rows})
     header = ("| case | kernel | CTAs | CTAs/SM (regs, smem) | waves | SMs busy | cp.async drains "
               f"| loads vector / scalar | spills ({' / '.join(versions)}) |")
@@ -315,7 +328,7 @@ def markdown_table(rows, triton_version: str | None = None) -> str:
         if r["triton"] != version:
             continue
         drains = r["pipeline_waits"]["cp.async.wait_group"].get("0", 0)
-        spill = " / ".join(spills[(r["case"], r["kernel"])])
+        spill = " / ".join(spills[(r["case"], r["kernel"])].get(v, "-") for v in versions)
         lines.append(
             f"| {r['case']} | {r['kernel']} | {r['ctas']} | {r['ctas_per_sm']} ({r['registers']}, "
             f"{r['shared_bytes'] // 1024} KB) | {r['waves']:.2f} | {r['sms_busy']} | {drains} | "

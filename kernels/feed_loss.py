@@ -55,6 +55,16 @@ STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, si
 # config per kernel nothing is timed on the first call. A second config is one entry here once GPU
 # measurements show it pays; the key below already holds everything that changes the compiled code.
 WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,), "grad_reduce": (4,)}
+# Register caps (ptxas `.maxnreg`), per kernel and head class, where ptxas's own choice spills. Left to itself
+# ptxas aims at a register count of its own and may spill to meet it; seen at the shapes users run (the B=128/256
+# specialisations): the IEEE fp32 forward (128 registers + 8-24 stack bytes, Triton 3.6 and 3.8), the dz pass of a
+# head without conv (the hybrid plan: 64 + 8 stack bytes, both) and its forward in fp32 (64 + 16, Triton 3.6). A
+# cap makes ptxas fit what is needed below it instead: 255 (1 CTA of 8 warps per SM) or 128 (2 CTAs), which both
+# fit without spilling. (A 128 cap on the bf16 dz pass would give 2 CTAs per SM, and spills under Triton 3.6 with
+# a 1x1 head: left alone.) A launch takes the loosest cap of its teachers' classes; a class without an entry
+# leaves ptxas its choice, and a launch mixing it with a capped class gets 255. tests/test_triton_versions.py
+# compiles the shapes users run under both versions and asserts no local memory.
+REGISTER_CAPS = {"forward": {"fma": 255, "none": 128}, "grad_preact": {"none": 128}}
 _AUTOTUNED: list = []
 
 
@@ -97,7 +107,7 @@ def pinned_config(num_warps: int = 8):
 
 
 _SHAPE_KEY = ["batch", "c_ins", "c_outs", "heights", "widths"]
-_TEACHER_KEY = ["KS", "HAS_W", "HAS_BIAS", "DOT_DTYPE", "TF32"]
+_TEACHER_KEY = ["KS", "HAS_W", "HAS_BIAS", "DOT_DTYPE", "TF32", "EXACT"]
 
 
 @triton.jit
@@ -198,12 +208,30 @@ def _sign(x):
 
 
 @triton.jit
-def _running_sum_sq(x, scale, total):
+def _div(a, b, EXACT: tl.constexpr):
+    """a / b. EXACT (the IEEE fp32 specialisation): rounded to nearest (div.rn.f32), as the interpreter, numpy and
+    torch divide; otherwise the GPU's `/` (div.full.f32, within 2 ulp), ample for bf16/fp16/TF32 operands."""
+    if EXACT:
+        a, b = tl.broadcast(a, b)
+        return tl.math.div_rn(a, b)
+    return a / b
+
+
+@triton.jit
+def _sqrt(x, EXACT: tl.constexpr):
+    """sqrt(x). EXACT: rounded to nearest (sqrt.rn.f32); otherwise tl.sqrt (sqrt.approx.f32, about 1 ulp)."""
+    if EXACT:
+        return tl.math.sqrt_rn(x)
+    return tl.sqrt(x)
+
+
+@triton.jit
+def _running_sum_sq(x, scale, total, EXACT: tl.constexpr):
     """One tile's update of a running L2 norm kept as scale * sqrt(total), scale = max|x| so far (floored at
     NORM_SCALE_FLOOR): squares of large features never overflow float32. Same math as reference.l2_normalize."""
     new_scale = tl.maximum(scale, tl.max(tl.max(tl.abs(x), axis=1), axis=0))
-    ratio = scale / new_scale
-    xs = x / new_scale
+    ratio = _div(scale, new_scale, EXACT)
+    xs = _div(x, new_scale, EXACT)
     return new_scale, total * ratio * ratio + tl.sum(tl.sum(xs * xs, axis=1), axis=0)
 
 
@@ -233,8 +261,8 @@ def _forward_one_teacher(
     h_ptr, t_ptr, w_ptr, bias_ptr, terms_ptr, stats_ptr, b, k, batch, scale, slope, eps,
     c_in, c_out, height, width, s_h, s_t, s_w,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr,
 ):
     n_pos = height * width
     arange_c = tl.arange(0, BLOCK_C)
@@ -244,12 +272,13 @@ def _forward_one_teacher(
         z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, arange_c, arange_p, c_in, c_out, height, width,
                      s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
         y = _activate(z, slope, HAS_ACT)
-        scale_y, sum_y = _running_sum_sq(y, NORM_SCALE_FLOOR, 0.0)
-        scale_t, sum_t = _running_sum_sq(t, NORM_SCALE_FLOOR, 0.0)
-        norm_y = scale_y * tl.sqrt(sum_y)
-        norm_t = scale_t * tl.sqrt(sum_t)
-        u = y / _clamped(norm_y, eps)
-        d = u - t / _clamped(norm_t, eps)
+        floor = tl.full((), NORM_SCALE_FLOOR, tl.float32)
+        scale_y, sum_y = _running_sum_sq(y, floor, 0.0, EXACT)
+        scale_t, sum_t = _running_sum_sq(t, floor, 0.0, EXACT)
+        norm_y = scale_y * _sqrt(sum_y, EXACT)
+        norm_t = scale_t * _sqrt(sum_t, EXACT)
+        u = _div(y, _clamped(norm_y, eps), EXACT)
+        d = u - _div(t, _clamped(norm_t, eps), EXACT)
         l1 = tl.sum(tl.sum(tl.abs(d), axis=1), axis=0)
         dot = tl.sum(tl.sum(u * _sign(d), axis=1), axis=0)
     else:
@@ -264,12 +293,12 @@ def _forward_one_teacher(
                 z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
                              s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
                 y = _activate(z, slope, HAS_ACT)
-                scale_y, sum_y = _running_sum_sq(y, scale_y, sum_y)
-                scale_t, sum_t = _running_sum_sq(t, scale_t, sum_t)
-        norm_y = scale_y * tl.sqrt(sum_y)
-        norm_t = scale_t * tl.sqrt(sum_t)
-        inv_y = 1.0 / _clamped(norm_y, eps)
-        inv_t = 1.0 / _clamped(norm_t, eps)
+                scale_y, sum_y = _running_sum_sq(y, scale_y, sum_y, EXACT)
+                scale_t, sum_t = _running_sum_sq(t, scale_t, sum_t, EXACT)
+        norm_y = scale_y * _sqrt(sum_y, EXACT)
+        norm_t = scale_t * _sqrt(sum_t, EXACT)
+        den_y = _clamped(norm_y, eps)
+        den_t = _clamped(norm_t, eps)
         acc_l1 = tl.zeros((BLOCK_C,), dtype=tl.float32)
         acc_dot = tl.zeros((BLOCK_C,), dtype=tl.float32)
         for p0 in range(0, n_pos, BLOCK_P):
@@ -278,8 +307,9 @@ def _forward_one_teacher(
                 offs_p = p0 + arange_p
                 z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
                              s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
-                u = _activate(z, slope, HAS_ACT) * inv_y
-                d = u - t * inv_t
+                # u and v as the one-tile path and the dz pass compute them: the same signs of u - v everywhere.
+                u = _div(_activate(z, slope, HAS_ACT), den_y, EXACT)
+                d = u - _div(t, den_t, EXACT)
                 acc_l1 += tl.sum(tl.abs(d), axis=1)
                 acc_dot += tl.sum(u * _sign(d), axis=1)
         l1 = tl.sum(acc_l1, axis=0)
@@ -297,8 +327,8 @@ def feed_forward_kernel(
     hs, ts, ws, biases, terms_ptr, stats_ptr, batch, scales, slope, eps,
     c_ins, c_outs, heights, widths, s_hs, s_ts, s_ws,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr, NUM_TEACHERS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, SINGLE_TILE: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
     """Grid (B, K): terms[k, b] = scales[k] * sum_i |u_i - v_i|, stats[k, b] = (||y||, ||t||, <u, sign(u - v)>)."""
     b = tl.program_id(0)
@@ -308,7 +338,7 @@ def feed_forward_kernel(
             _forward_one_teacher(
                 hs[j], ts[j], ws[j], biases[j], terms_ptr, stats_ptr, b, j, batch, scales[j], slope, eps,
                 c_ins[j], c_outs[j], heights[j], widths[j], s_hs[j], s_ts[j], s_ws[j],
-                KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], BLOCK_C[j], BLOCK_P[j],
+                KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], EXACT[j], BLOCK_C[j], BLOCK_P[j],
                 BLOCK_K[j], SINGLE_TILE[j],
             )
 
@@ -318,16 +348,16 @@ def _grad_preact_one_teacher(
     h_ptr, t_ptr, w_ptr, bias_ptr, dz_ptr, bias_part_ptr, grad_terms_ptr, stats_ptr, b, k, batch, scale,
     slope, eps, c_in, c_out, height, width, s_h, s_t, s_w, s_dz, s_g,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = k * batch + b
     g = tl.load(grad_terms_ptr + k * s_g[0] + b * s_g[1]) * scale
     norm_y = tl.load(stats_ptr + row * 3 + 0)
     norm_t = tl.load(stats_ptr + row * 3 + 1)
     dot = tl.load(stats_ptr + row * 3 + 2)
-    inv_y = 1.0 / _clamped(norm_y, eps)
-    inv_t = 1.0 / _clamped(norm_t, eps)
+    den_y = _clamped(norm_y, eps)
+    den_t = _clamped(norm_t, eps)
     # Below eps the clamp holds the denominator constant: dL/dy = g * sign / eps, no projection term.
     proj = tl.where(norm_y >= eps, dot, 0.0)
     n_pos = height * width
@@ -338,8 +368,9 @@ def _grad_preact_one_teacher(
             offs_p = p0 + tl.arange(0, BLOCK_P)
             z, t = _tile(h_ptr, t_ptr, w_ptr, bias_ptr, b, offs_c, offs_p, c_in, c_out, height, width,
                          s_h, s_t, s_w, KS, HAS_W, HAS_BIAS, DOT_DTYPE, TF32, BLOCK_C, BLOCK_P, BLOCK_K)
-            u = _activate(z, slope, HAS_ACT) * inv_y
-            dy = g * (_sign(u - t * inv_t) - u * proj) * inv_y
+            # u and v exactly as the forward computed them, so sign(u - v) agrees with the saved <u, sign(u - v)>.
+            u = _div(_activate(z, slope, HAS_ACT), den_y, EXACT)
+            dy = _div(g * (_sign(u - _div(t, den_t, EXACT)) - u * proj), den_y, EXACT)
             if HAS_ACT:
                 dy = tl.where(z > 0, dy, dy * slope)
             mask = (offs_c < c_out)[:, None] & (offs_p < n_pos)[None, :]
@@ -357,8 +388,8 @@ def feed_grad_preact_kernel(
     hs, ts, ws, biases, dzs, bias_parts, grad_terms_ptr, stats_ptr, batch, scales, slope, eps,
     c_ins, c_outs, heights, widths, s_hs, s_ts, s_ws, s_dzs, s_g,
     KS: tl.constexpr, HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr, NUM_TEACHERS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, TF32: tl.constexpr, EXACT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, NUM_TEACHERS: tl.constexpr,
 ):
     """Grid (B, K): dz[k][b] = dL/dz (z the head's pre-activation) in dz's dtype and strides, and
     bias_parts[k][b, c] = sum over positions of dL/dz in float32."""
@@ -369,7 +400,7 @@ def feed_grad_preact_kernel(
             _grad_preact_one_teacher(
                 hs[j], ts[j], ws[j], biases[j], dzs[j], bias_parts[j], grad_terms_ptr, stats_ptr, b, j, batch,
                 scales[j], slope, eps, c_ins[j], c_outs[j], heights[j], widths[j], s_hs[j], s_ts[j], s_ws[j],
-                s_dzs[j], s_g, KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], BLOCK_C[j],
+                s_dzs[j], s_g, KS[j], HAS_W[j], HAS_BIAS[j], HAS_ACT, DOT_DTYPE[j], TF32[j], EXACT[j], BLOCK_C[j],
                 BLOCK_P[j], BLOCK_K[j],
             )
 
@@ -627,6 +658,10 @@ class _Plan:
         self.dot_torch_dtype = tuple(dot_dtypes)
         # IEEE fp32 unless the caller opted into TF32; meaningless for bf16/fp16 operands, so False there.
         self.tf32 = tuple(bool(tf32) and d == torch.float32 for d in dot_dtypes)
+        # The IEEE fp32 specialisation: float32 operands without TF32 GEMMs (a head without conv has none).
+        # Its divisions and square roots are rounded to nearest, as the interpreter and the reference compute.
+        self.exact = tuple(d == torch.float32 and not (t and has_w)
+                           for d, t, has_w in zip(dot_dtypes, self.tf32, self.has_w))
         # Block sizes per head (kernels/tiling.py, which the cost model reads too).
         heads = [tiling.head_tiling(ci, c, p, d == torch.float32 and not t)
                  for ci, c, p, d, t in zip(self.c_ins, self.c_outs, self.positions, dot_dtypes, self.tf32)]
@@ -654,9 +689,22 @@ class _Plan:
         self.b_blocks = max((tiling.cdiv(c, self.block_cb) for c, has in zip(self.c_outs, self.has_bias) if has),
                             default=0)
 
+    def head_classes(self) -> tuple[str, ...]:
+        """Per teacher, what its GEMMs run on: "mma16" (bf16/fp16 tensor cores), "tf32", "fma" (IEEE fp32) or
+        "none" (no head conv)."""
+        return tuple("none" if not has_w else "tf32" if t else "fma" if d == torch.float32 else "mma16"
+                     for has_w, d, t in zip(self.has_w, self.dot_torch_dtype, self.tf32))
+
+    def maxnreg(self, kernel: str) -> int | None:
+        """The launch's register cap (REGISTER_CAPS): None when no teacher's class has one."""
+        caps = [REGISTER_CAPS.get(kernel, {}).get(c) for c in self.head_classes()]
+        if all(cap is None for cap in caps):
+            return None
+        return max(cap or 255 for cap in caps)
+
     def teacher_constexprs(self) -> dict:
         return {"KS": self.ks, "HAS_W": self.has_w, "HAS_BIAS": self.has_bias, "DOT_DTYPE": self.dot_dtype,
-                "TF32": self.tf32}
+                "TF32": self.tf32, "EXACT": self.exact}
 
 
 @functools.lru_cache(maxsize=256)
@@ -692,6 +740,7 @@ def feed_forward(head_inputs, teachers, weights, biases, scales, dot_dtypes, tf3
         plan.c_ins, plan.c_outs, plan.heights, plan.widths, plan.s_h, plan.s_t, plan.s_w,
         HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
         SINGLE_TILE=plan.single_tile, NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
+        maxnreg=plan.maxnreg("forward"),
     )
     return terms, stats
 
@@ -723,7 +772,7 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
         float(negative_slope or 0.0), float(eps), plan.c_ins, plan.c_outs, plan.heights, plan.widths,
         plan.s_h, plan.s_t, plan.s_w, s_dz, tuple(int(s) for s in grad_terms.stride()),
         HAS_ACT=negative_slope is not None, BLOCK_C=plan.block_c, BLOCK_P=plan.block_p, BLOCK_K=plan.block_k,
-        NUM_TEACHERS=plan.num, **plan.teacher_constexprs(),
+        NUM_TEACHERS=plan.num, **plan.teacher_constexprs(), maxnreg=plan.maxnreg("grad_preact"),
     )
     if any(plan.has_w):
         feed_grad_input_kernel[(plan.n_tiles, plan.c_tiles, plan.num)](
@@ -731,7 +780,7 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
             plan.widths, s_dz, plan.s_w, tuple(_strides4(g) for g in grad_h),
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32,
             BLOCK_CI=plan.block_ci, BLOCK_N=(tiling.BLOCK_N,) * plan.num, BLOCK_K=plan.block_co,
-            NUM_TEACHERS=plan.num,
+            NUM_TEACHERS=plan.num, maxnreg=plan.maxnreg("grad_input"),
         )
     # Gradients in the caller's tensors' own dtype and layout, so autograd never has to cast or copy them.
     grad_w = tuple(torch.empty_like(w) if w is not None else None for w in weights)
@@ -749,7 +798,7 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
             plan.c_tiles, plan.splits,
             KS=plan.ks, HAS_W=plan.has_w, DOT_DTYPE=plan.dot_dtype, TF32=plan.tf32, SPLIT=plan.split,
             BLOCK_CT=plan.block_ct, BLOCK_CI=plan.block_ci, BLOCK_N=(tiling.BLOCK_N,) * plan.num,
-            NUM_TEACHERS=plan.num,
+            NUM_TEACHERS=plan.num, maxnreg=plan.maxnreg("grad_weight"),
         )
     if plan.split or any(plan.has_bias):
         feed_grad_reduce_kernel[(plan.w_blocks + plan.b_blocks, plan.num)](
@@ -757,5 +806,6 @@ def feed_backward(grad_terms, stats, head_inputs, teachers, weights, biases, sca
             _or_dummy(grad_b, dummy), plan.batch, plan.c_ins, plan.c_outs, s_gw, plan.w_blocks, plan.splits,
             KS=plan.ks, HAS_W=plan.has_w, HAS_BIAS=plan.has_bias, SPLIT=plan.split, BLOCK_E=tiling.BLOCK_E,
             BLOCK_RB=plan.block_rb, BLOCK_CB=plan.block_cb, NUM_TEACHERS=plan.num,
+            maxnreg=plan.maxnreg("grad_reduce"),
         )
     return grad_h, grad_w, grad_b

@@ -11,6 +11,15 @@ import sys
 from pathlib import Path
 
 PROBE = Path(__file__).with_name("gpu_compile_probe.py")
+VARIANTS = ("bf16", "fp32", "fp32_tf32")  # the probe's mixed-teacher cases at B=2, by GEMM precision
+# The shapes users run, by name: (batch, head input channels, teacher maps, head kernel, plan, layout, dtype) as
+# benchmarks/kernel_figures.py's case_tensors takes them.
+_SHAPES = {"cifar": (128, 64, ((64, 8, 8),) * 3), "imagenet": (256, 512, ((512, 7, 7),) * 3)}
+_PLANS = {"fused_3x3": (3, "fused"), "fused_1x1": (1, "fused"), "hybrid": (3, "hybrid")}
+USER_SHAPES = {
+    f"{shape}_{dtype}_{plan}": (*_SHAPES[shape], *_PLANS[plan], "channels_last", dtype)
+    for shape in _SHAPES for dtype in VARIANTS for plan in _PLANS
+}
 # The Triton of the lent H100 machines (torch 2.11): the floor pyproject.toml states.
 TRITON_FLOOR = "3.6.0"
 
@@ -43,20 +52,21 @@ def installed_triton(version: str) -> tuple[Path | None, str]:
 
 
 @functools.cache
-def probe_rows(arch: int, triton_path: str | None = None) -> tuple[dict, ...]:
-    """One dict per compiled kernel and config (see gpu_compile_probe.py)."""
+def probe_rows(arch: int, triton_path: str | None = None, variants: tuple[str, ...] = ()) -> tuple[dict, ...]:
+    """One dict per compiled kernel and config (see gpu_compile_probe.py); `variants`: its variants or users'
+    shapes by name (none: the three variants)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [triton_path, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, str(PROBE), str(arch)], capture_output=True, text=True, env=env,
-                          check=False, timeout=900)
+    done = subprocess.run([sys.executable, str(PROBE), str(arch), *variants], capture_output=True, text=True,
+                          env=env, check=False, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return tuple(json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
 
 
 def register_table(rows) -> str:
     return "\n".join(
-        f"triton {r['triton']} sm_{r['arch']} {r['variant']:9} {r['kernel']:24} warps {r['num_warps']:2}: "
+        f"triton {r['triton']} sm_{r['arch']} {r['variant']:24} {r['kernel']:24} warps {r['num_warps']:2}: "
         f"{r['registers']} registers, {r['stack_bytes']} stack bytes, "
         f"{r['spill_stores']} spill stores, {r['spill_loads']} spill loads"
         for r in rows

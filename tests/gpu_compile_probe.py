@@ -3,7 +3,12 @@
 Triton compiles through its bundled ptxas; only launching needs a driver. A stand-in driver reports the target
 architecture, and `warmup` compiles without launching. Run in its own process (it must not inherit
 TRITON_INTERPRET=1): `python tests/gpu_compile_probe.py 90 [variant ...]` prints one JSON object per compiled
-kernel and config. Works with any Triton on PYTHONPATH (tests/test_triton_versions.py runs it under 3.6).
+kernel and config (a variant: one of VARIANTS or a USER_SHAPES name). Works with any Triton on PYTHONPATH (tests/test_triton_versions.py runs it under 3.6).
+
+Besides these, the shapes users run (`USER_SHAPES`, named `<cifar|imagenet>_<dtype>_<fused_3x3|fused_1x1|hybrid>`):
+B=128 with K=3 teachers of 64x8x8 and 64-channel heads, B=256 with K=3 of 512x7x7 and 512-channel heads,
+channels-last, as `benchmarks/kernel_figures.py` builds them (Triton specialises integer arguments divisible by
+16, so B=128/256 compile other code than B=2: ptxas spilled there where it did not at B=2).
 
 Variants (each its own specialisation, as the op compiles them):
 - bf16: the trainer under bf16 autocast: bf16 head inputs with fp32 master weights cast in registers (3x3,
@@ -25,9 +30,15 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from kernel_figures import compile_case, mma_counts, resource_usage, use_compile_only_driver
-
-VARIANTS = ("bf16", "fp32", "fp32_tf32")
+from _compile_probe import USER_SHAPES, VARIANTS
+from kernel_figures import (
+    case_tensors,
+    compile_case,
+    fp32_math,
+    mma_counts,
+    resource_usage,
+    use_compile_only_driver,
+)
 
 
 def case(variant: str):
@@ -54,7 +65,8 @@ def main(arch: int, variants) -> None:
     import feed_fast.kernels.feed_loss as kernels
 
     for variant in variants:
-        for name, _grid, kernel in compile_case(kernels, case(variant)):
+        tensors = case_tensors(*USER_SHAPES[variant]) if variant in USER_SHAPES else case(variant)
+        for name, _grid, kernel in compile_case(kernels, tensors):
             cubin = kernel.asm.get("cubin", b"")
             print(json.dumps({
                 "variant": variant,
@@ -65,9 +77,10 @@ def main(arch: int, variants) -> None:
                 "cubin_bytes": len(cubin),
                 "shared_bytes": kernel.metadata.shared,
                 **mma_counts(kernel.asm.get("ptx", "")),
+                **fp32_math(kernel.asm.get("ptx", "")),
                 **resource_usage(cubin),
             }), flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90, sys.argv[2:] or VARIANTS)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90, sys.argv[2:] or VARIANTS)  # variants or USER_SHAPES names

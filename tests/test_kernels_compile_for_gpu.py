@@ -2,7 +2,9 @@
 
 The interpreter tests prove the math; this proves the same source passes Triton's real compiler, that bf16
 GEMMs become bf16 tensor-core instructions (wgmma on sm_90, mma.sync on sm_80), that float32 GEMMs contain no
-TF32 instruction unless TF32 was allowed, and that nothing spills. It does not run the code: `-m gpu` does that.
+TF32 instruction unless TF32 was allowed, that the IEEE fp32 specialisation divides and takes square roots
+rounded to nearest (div.rn/sqrt.rn, as the interpreter computes them, not div.full/sqrt.approx), and that
+nothing spills. It does not run the code: `-m gpu` does that.
 """
 from pathlib import Path
 
@@ -42,6 +44,10 @@ def test_kernels_compile_with_the_right_gemm_instructions(arch, tensor_core_op):
             assert row["wgmma"] == row["mma_sync"] == 0, f"{where} uses tensor cores for IEEE fp32"
         else:  # the user opted into TF32: the check above would see it
             assert row["tf32_mma"] > 0, f"{where} has no TF32 instruction although TF32 was allowed"
+        if row["variant"] == "fp32":  # ... and divisions and square roots rounded to nearest, as interpreted
+            assert row["div_approx"] == row["sqrt_approx"] == 0, f"{where} has approximate fp32 math"
+        if row["kernel"] in ("feed_forward_kernel", "feed_grad_preact_kernel"):
+            assert row["div_rn"] + row["div_approx"] > 0, f"{where}: no division found (the PTX pattern broke?)"
 
 
 @needs_ptxas
