@@ -13,6 +13,7 @@ import pytest
 
 from feed_fast.cli import build_parser
 from feed_fast.config import load_config
+from feed_fast.engine.cli import train_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -54,7 +55,7 @@ def test_each_feed_fast_command_parses_and_its_config_is_valid(argv):
         config = args.config
         if not (ROOT / config).is_file() and "/" in config:
             pytest.skip(f"{config} is a user's own file")
-        load_config(ROOT / config if (ROOT / config).is_file() else config, args.overrides, check_paths=False)
+        load_config(ROOT / config if (ROOT / config).is_file() else config, train_overrides(args), check_paths=False)
 
 
 def test_make_targets_and_scripts_named_exist():

@@ -35,11 +35,11 @@ def test_progress_epochs_keeps_the_epoch_lines_without_the_step_lines(tmp_path, 
 
 
 @pytest.mark.parametrize(("ema", "warning"), [
-    ({"every": 25}, "train.ema was never updated: it updates every 25 optimizer steps and this run took 20, so the "
-                    "EMA export holds the student's initial weights; set train.ema.every to at most 20"),
-    ({"warmup_steps": 20}, "train.ema was never averaged: all its updates fell within train.ema.warmup_steps=20 (this "
+    ({"every": 25}, ("train.ema was never updated: it updates every 25 optimizer steps and this run took 20, so the "
+                    "EMA export holds the student's initial weights; set train.ema.every to at most 20")),
+    ({"warmup_steps": 20}, ("train.ema was never averaged: all its updates fell within train.ema.warmup_steps=20 (this "
                            "run took 20 optimizer steps), so the EMA export is a copy of the student; set "
-                           "train.ema.warmup_steps below 20"),
+                           "train.ema.warmup_steps below 20")),
     ({"warmup_steps": 19}, None),
 ])
 def test_an_ema_export_without_an_average_is_named_with_the_setting_to_change(tmp_path, capsys, ema, warning):

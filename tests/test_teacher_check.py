@@ -50,10 +50,10 @@ def test_teachers_are_scored_once_before_distilling_and_one_at_chance_is_named(t
     assert f"  ensemble   mean of the teachers' softmax outputs: val top-1 {record['ensemble']['top1']:.2f}% (160 val " \
            "images, chance 20.00%)" in err.splitlines()
     warnings = [line for line in err.splitlines() if "warning" in line]
-    assert warnings == [f"feed-fast train: warning: teachers.1 (resnet8, {untrained}) scores val top-1 "
+    assert warnings == [(f"feed-fast train: warning: teachers.1 (resnet8, {untrained}) scores val top-1 "
                         f"{second['top1']:.2f}%, near chance (20.00% for 5 classes): an untrained model, another "
                         "model's checkpoint, or one trained with another class order, normalisation or image size "
-                        "than this run's? It would teach nothing"]
+                        "than this run's? It would teach nothing")]
     assert record["warnings"] == [warnings[0].removeprefix("feed-fast train: warning: ")]
 
     # the resume reads the scores back: nothing is scored again, and the block and the warning say the same

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,11 +81,11 @@ def test_the_index_after_the_last_teacher_adds_one(teacher):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["teachers.1.checkpoint={teacher}"], "teachers.1.name is missing (a model name such as resnet56 or resnet34)"),
     (["teachers.1.name=resnet8"], "teachers.1 (resnet8) needs a checkpoint (local file) or weights"),
-    (["teachers.2.name=resnet8"], "--set 'teachers.2.name=resnet8': teachers has 1 entries, got index '2' (index 1 "
-                                  "adds one)"),
+    (["teachers.2.name=resnet8"], ("--set 'teachers.2.name=resnet8': teachers has 1 entries, got index '2' (index 1 "
+                                  "adds one)")),
 ])
 def test_a_teacher_added_incomplete_or_past_the_end_is_refused_naming_what_it_needs(teacher, overrides, message):
-    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         RunConfig.from_dict(config({"name": "resnet8", "checkpoint": teacher}),
                             [text.format(teacher=teacher) for text in overrides])
 

@@ -63,7 +63,6 @@ def register(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..atomic_files import WriteFailed
     from ..config import ConfigError, load_config
-    from ..config.teachers import teacher_flags_override
     from ..loaders import CorruptImageError
     from ..runtime.distributed import lost_peer
     from ..runtime.signals import exit_status
@@ -73,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
     prefix = "feed-fast train: error:" if _rank() == 0 else f"feed-fast train: error (rank {_rank()}):"
     run_dir = args.resume or args.out
     try:
-        overrides = [teacher_flags_override(args.teachers), *args.overrides] if args.teachers else args.overrides
+        overrides = train_overrides(args)
         if args.resume:
             if args.config or args.overwrite or args.auto_resume:
                 raise ConfigError("--resume RUN_DIR takes no CONFIG, --overwrite or --auto-resume: the run's "
@@ -118,6 +117,14 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"feed-fast train: done; best top-1 {best:.2f}%, export {summary['export']}"
           if best is not None else f"feed-fast train: done; export {summary['export']}")
     return 0
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """`feed-fast train`'s config changes in the order they apply: the --teacher flags (the whole teachers list, as
+    one `teachers=[...]` --set), then each --set."""
+    from ..config.teachers import teacher_flags_override
+
+    return [teacher_flags_override(args.teachers), *args.overrides] if args.teachers else list(args.overrides)
 
 
 def _rank() -> int:
