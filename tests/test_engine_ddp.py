@@ -81,6 +81,9 @@ def test_two_gloo_processes_stay_in_sync_and_write_once(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1]  # written once, not once per rank
     assert len(os.listdir(run / "tensorboard")) == 1
     assert proc.stderr.count("gen 1 epoch 2/2") == 1  # progress printed by rank 0 only
+    check = json.loads((run / "teachers.json").read_text())  # the teacher scored once, sharded as the student
+    assert check["samples"] == 2 * 10 * 16 and records[0]["teacher_check"] == check
+    assert proc.stderr.count("  teacher 0  resnet8") == 1
     export = torch.load(run / "model.pt", weights_only=True)
     for key, value in export["state_dict"].items():
         assert torch.equal(value, rank0[key])
