@@ -74,12 +74,10 @@ def user_overrides(name: str, roots: dict, folder: Path, backend: str | None) ->
         sets += ["data.global_batch_size=2"]
     if backend is not None:
         sets += [f"data.backend={backend}"]
-    if raw.get("teachers"):
-        classes = num_classes(dataset, roots[dataset], raw)
-        entries = [{"name": t["name"], "kwargs": t.get("kwargs", {}),
-                    "checkpoint": teacher_file(str(folder), t["name"], classes, yaml.safe_dump(t.get("kwargs", {})))}
-                   for t in raw["teachers"]]
-        sets += [f"teachers={yaml.safe_dump(entries, default_flow_style=True).strip()}"]
+    classes = num_classes(dataset, roots[dataset], raw)
+    for i, t in enumerate(raw.get("teachers") or []):  # one --set per teacher; it replaces the entry's weights
+        path = teacher_file(str(folder), t["name"], classes, yaml.safe_dump(t.get("kwargs", {})))
+        sets += [f"teachers.{i}.checkpoint={path}"]
     return sets
 
 
