@@ -280,23 +280,43 @@ def compile_case(kernels_module, tensors) -> list[tuple[str, tuple, object]]:
     return compile_calls(kernels_module, calls, kernels_module.KERNEL_NAMES)
 
 
-def rows_for(case_names, arch: int = 90) -> list[dict]:
-    import triton
+def loop_steps(kernels_module, tensors) -> dict:
+    """Steps of each kernel's GEMM loop per CTA and output tile, from the launch plan (teacher 0): the depth the
+    software pipeline has to fill and drain (forward, dz pass: taps x C_in tiles; input gradient: taps x C_t
+    tiles; weight gradient: BLOCK_N-position steps over its split of the batch; reduce: split partials added)."""
+    head_inputs, teachers, weights, biases, dots, tf32 = tensors
+    plan = kernels_module._plan(head_inputs, teachers, [kernels_module.gemm_weight(w) for w in weights], biases,
+                                dots, tf32)
+    tiling = kernels_module.tiling
+    taps = plan.ks[0] ** 2 if plan.has_w[0] else 0
+    return {
+        "forward": taps * tiling.cdiv(plan.c_ins[0], plan.block_k[0]),
+        "grad_preact": taps * tiling.cdiv(plan.c_ins[0], plan.block_k[0]),
+        "grad_input": taps * tiling.cdiv(plan.c_outs[0], plan.block_co[0]),
+        "grad_weight": tiling.cdiv(plan.split_batch * plan.positions[0], tiling.BLOCK_N),
+        "grad_reduce": plan.splits if plan.split else 0,
+    }
 
+
+def rows_for(case_names, arch: int = 90) -> list[dict]:
     use_compile_only_driver(arch)
     import feed_fast.kernels.feed_loss as kernels
+    import triton
 
     rows = []
     for name in case_names:
         spec = CASES[name]
-        for kernel, grid, binary in compile_case(kernels, case_tensors(*spec)):
+        tensors = case_tensors(*spec)
+        steps = loop_steps(kernels, tensors)
+        for kernel, grid, binary in compile_case(kernels, tensors):
             figures = binary_figures(binary)
+            short = kernel.removeprefix("feed_").removesuffix("_kernel")
             rows.append({
-                "case": name, "kernel": kernel.removeprefix("feed_").removesuffix("_kernel"),
+                "case": name, "kernel": short,
                 "batch": spec[0], "head_channels": spec[1], "teachers": [list(t) for t in spec[2]],
                 "head_kernel": spec[3], "plan": spec[4], "layout": spec[5], "dtype": spec[6],
                 "arch": f"sm_{arch}", "triton": triton.__version__,
-                **grid_figures(grid, figures["ctas_per_sm"]), **figures,
+                **grid_figures(grid, figures["ctas_per_sm"]), "loop_steps": steps.get(short), **figures,
             })
             print(table_line(rows[-1]), file=sys.stderr, flush=True)
     return rows
@@ -321,9 +341,9 @@ def markdown_table(rows, triton_version: str | None = None) -> str:
             f"{r['stack_bytes']} B, {r['spill_stores']}/{r['spill_loads']}"
             if r["stack_bytes"] or r["spill_stores"] or r["spill_loads"] else "0")
     versions = sorted({r["triton"] for r in rows})
-    header = ("| case | kernel | CTAs | CTAs/SM (regs, smem) | waves | SMs busy | cp.async drains "
+    header = ("| case | kernel | CTAs | CTAs/SM (regs, smem) | waves | SMs busy | GEMM loop steps | cp.async drains "
               f"| loads vector / scalar | spills ({' / '.join(versions)}) |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["triton"] != version:
             continue
@@ -331,7 +351,8 @@ def markdown_table(rows, triton_version: str | None = None) -> str:
         spill = " / ".join(spills[(r["case"], r["kernel"])].get(v, "-") for v in versions)
         lines.append(
             f"| {r['case']} | {r['kernel']} | {r['ctas']} | {r['ctas_per_sm']} ({r['registers']}, "
-            f"{r['shared_bytes'] // 1024} KB) | {r['waves']:.2f} | {r['sms_busy']} | {drains} | "
+            f"{r['shared_bytes'] // 1024} KB) | {r['waves']:.2f} | {r['sms_busy']} | {r.get('loop_steps', '-')} | "
+            f"{drains} | "
             f"{r['global_loads']['vector']} / {r['global_loads']['scalar']} | {spill} |"
         )
     return "\n".join(lines)
