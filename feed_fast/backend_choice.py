@@ -55,7 +55,6 @@ FUSED_CTAS_PER_SM = {
     ("hybrid", "one_tile"): {"forward": 2, "grad_preact": 2, "grad_reduce": 16},
     ("hybrid", "multi_tile"): {"forward": 2, "grad_preact": 2, "grad_reduce": 12},
 }
-FUSED_WARPS = {"forward": 8, "grad_preact": 8, "grad_input": 8, "grad_weight": 8, "grad_reduce": 4}
 LAUNCH_MODES = ("eager", "graph")
 
 
@@ -186,7 +185,7 @@ def _fused_launch(cost: PlanCost, name: str, occupancy: dict, ctas, flops, bytes
     the slowest head's)."""
     rate = min((rate for _, rate in flops), default=PEAK_FLOPS[torch.bfloat16]) * FUSED_EFFICIENCY
     cost.host_seconds += HOST_SECONDS_PER_TRITON_LAUNCH
-    cost.kernels.append(Kernel(name, max(1, sum(ctas)), occupancy[name], FUSED_WARPS[name],
+    cost.kernels.append(Kernel(name, max(1, sum(ctas)), occupancy[name], tiling.WARPS[name][0],
                                sum(f for f, _ in flops), rate, sum(bytes_), L2_BYTES_PER_S))
 
 
@@ -316,9 +315,12 @@ def launch_mode(mode: str) -> Iterator[None]:
 
 
 def current_launch_mode(device: torch.device) -> str:
+    """`launch_mode`'s mode if one is set; else "graph" while a CUDA graph is being captured, "eager" otherwise.
+    While torch.compile traces (the capture, if any, comes later) only an explicit mode counts: the capture
+    query is a C call that Dynamo would have to break the graph for."""
     if _launch_mode is not None:
         return _launch_mode
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if device.type == "cuda" and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
         return "graph"
     return "eager"
 

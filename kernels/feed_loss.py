@@ -48,13 +48,8 @@ INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 NORM_SCALE_FLOOR = tl.constexpr(_NORM_SCALE_FLOOR)
 STATS = 3  # per (teacher, sample): ||y|| (unclamped), ||t|| (unclamped), <u, sign(u - v)>
 
-# num_warps per launch. Tiles are at most 64 x 64 fp32 values: at 4 warps Triton 3.6 needs more than 255
-# registers per thread for them and spills, and at 16 warps (128 registers at most) both 3.6 and 3.8 spill
-# (tests/test_triton_versions.py checks every config under both). So every GEMM kernel runs 8 warps (the reduce
-# pass, elementwise sums of 512-value blocks, runs 4: one 16-byte load per thread and partial); with one
-# config per kernel nothing is timed on the first call. A second config is one entry here once GPU
-# measurements show it pays; the key below already holds everything that changes the compiled code.
-WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,), "grad_reduce": (4,)}
+# num_warps per launch (kernels/tiling.py, where the cost model reads them too).
+WARPS = tiling.WARPS
 # Register caps (ptxas `.maxnreg`), per kernel and head class, where ptxas's own choice spills. Left to itself
 # ptxas aims at a register count of its own and may spill to meet it; seen at the shapes users run (the B=128/256
 # specialisations): the IEEE fp32 forward (128 registers + 8-24 stack bytes, Triton 3.6 and 3.8), the dz pass of a

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# num_warps per launch. Tiles are at most 64 x 64 fp32 values: at 4 warps Triton 3.6 needs more than 255
+# registers per thread for them and spills, and at 16 warps (128 registers at most) both 3.6 and 3.8 spill
+# (tests/test_triton_versions.py checks every config under both). So every GEMM kernel runs 8 warps (the reduce
+# pass, elementwise sums of 512-value blocks, runs 4: one 16-byte load per thread and partial); with one
+# config per kernel nothing is timed on the first call. A second config is one entry here once GPU
+# measurements show it pays; the autotune keys already hold everything that changes the compiled code.
+WARPS = {"forward": (8,), "grad_preact": (8,), "grad_input": (8,), "grad_weight": (8,), "grad_reduce": (4,)}
 BLOCK_N = 64  # (sample, position) pairs per step of the backward GEMMs
 # The weight-gradient pass is split over the batch until it has this many CTAs per SM (at least one CTA on every
 # SM, with some to spare for the uneven tail), each split holding at least this many (sample, position) pairs.

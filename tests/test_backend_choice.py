@@ -148,6 +148,34 @@ def test_launch_mode_is_explicit_or_read_from_a_capture(monkeypatch):
         pass
 
 
+def test_launch_mode_traces_without_a_graph_break(monkeypatch):
+    """Under torch.compile(fullgraph=True) `auto` reads the mode without the capture query (a C call)."""
+    def capture_query():
+        raise AssertionError("queried the capture state while tracing")
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", capture_query)
+
+    def step(x):
+        return x + (1.0 if current_launch_mode(torch.device("cuda")) == "eager" else 2.0)
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    assert compiled(torch.zeros(2)).tolist() == [1.0, 1.0]
+    with launch_mode("graph"):
+        torch._dynamo.reset()
+        assert torch.compile(step, fullgraph=True, backend="eager")(torch.zeros(2)).tolist() == [2.0, 2.0]
+    torch._dynamo.reset()
+
+
+def test_the_model_traces_without_a_graph_break():
+    """`auto` runs inside compiled steps: the whole model is plain Python that Dynamo follows."""
+    def step(x):
+        choice = choose_fused_plan(heads("cifar", 1, weight_bytes=4), mode=current_launch_mode(torch.device("meta")))
+        return x + (1.0 if choice == "triton" else 2.0)
+
+    assert torch.compile(step, fullgraph=True, backend="eager")(torch.zeros(2)).tolist() == [1.0, 1.0]
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 @pytest.mark.parametrize("channels", [64, 256])
 def test_more_conv_work_never_favours_the_fully_fused_plan(mode, channels):
