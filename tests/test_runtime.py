@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from feed_fast.config import RunConfig
 from feed_fast.engine import train
 from feed_fast.engine.step import TrainStep
 from feed_fast.runtime import determinism, memory_format_for, resolve_device
@@ -108,3 +109,18 @@ def test_step_sections_are_the_named_constants():
             timer.add_ms(misspelled, 1.0)
         with pytest.raises(ValueError, match="unknown step section"):
             no_timer(misspelled)
+
+
+def test_a_channels_last_cpu_run_trains_without_onednn_and_puts_it_back(tmp_path):
+    """torch 2.14.1's oneDNN convolution backward on channels-last CPU tensors corrupts the heap at one thread
+    (a 1x1 stride-2 conv: `double free or corruption`); the runtime turns oneDNN off for such a run only."""
+    from feed_fast.runtime import open_runtime
+
+    before = torch.backends.mkldnn.enabled
+    options = RunConfig.from_dict(tiny_run(channels_last=True), check_paths=False).train
+    with open_runtime(options, handle_signals=False):
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled == before
+    options = RunConfig.from_dict(tiny_run(channels_last=False), check_paths=False).train
+    with open_runtime(options, handle_signals=False):
+        assert torch.backends.mkldnn.enabled == before

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from .determinism import determinism
-from .device import DEVICES, memory_format_for, resolve_device
+from .device import DEVICES, memory_format_for, resolve_device, safe_cpu_convolutions
 from .distributed import DistInfo, setup_distributed, teardown_distributed
 from .precision import PRECISIONS, Precision, resolve_precision
 from .signals import GracefulStop
@@ -56,10 +56,11 @@ def open_runtime(options: RuntimeOptions, *, handle_signals: bool = True) -> Ite
     precision = resolve_precision(options.precision, device)
     dist = setup_distributed(device)
     stop = GracefulStop(getattr(options, "stop_signal", None))
+    memory_format = memory_format_for(device, options.channels_last)
     try:
-        with determinism(options.deterministic), (stop if handle_signals else contextlib.nullcontext()):
-            yield Runtime(device, memory_format_for(device, options.channels_last), precision, dist, stop,
-                          options.deterministic)
+        with determinism(options.deterministic), safe_cpu_convolutions(device, memory_format), \
+                (stop if handle_signals else contextlib.nullcontext()):
+            yield Runtime(device, memory_format, precision, dist, stop, options.deterministic)
     except BaseException:
         teardown_distributed(dist, failed=True)  # no closing barrier: a peer may be dead
         raise

@@ -2,8 +2,10 @@
 then handed to the trainer, the loaders, `feed-fast eval` and the benchmarks."""
 from __future__ import annotations
 
+import contextlib
 import os
 import types
+from collections.abc import Iterator
 
 import torch
 
@@ -35,6 +37,19 @@ def memory_format_for(device: torch.device, channels_last: bool | str = "auto") 
     if channels_last == "auto":
         channels_last = torch.device(device).type == "cuda"
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@contextlib.contextmanager
+def safe_cpu_convolutions(device: torch.device, memory_format: torch.memory_format) -> Iterator[None]:
+    """oneDNN off for a CPU run whose tensors are channels-last: its convolution backward on channels-last
+    inputs corrupts the heap (seen with torch 2.14.1 on an AVX2 CPU at one thread: a 1x1 stride-2 conv, a few
+    steps, `double free or corruption`; NCHW and CUDA are unaffected). PyTorch's own kernels then run those
+    convolutions. Put back after the run."""
+    if torch.device(device).type != "cpu" or memory_format != torch.channels_last:
+        yield
+        return
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
 
 
 def compile_for(fn, device: torch.device, **kwargs):
