@@ -23,7 +23,9 @@ reduction runs in a fixed order (no atomics), so results are deterministic for a
 device, and gradients are written in each parameter's own dtype and layout.
 
 GEMM precision: float32 operands run IEEE fp32 (`input_precision="ieee"`) unless the caller asks for TF32;
-bf16/fp16 operands run on tensor cores. Weights are read with C_in innermost (stride 1): OHWI, i.e.
+bf16/fp16 operands run on tensor cores. The IEEE fp32 specialisation (EXACT) also divides and takes square roots
+rounded to nearest (`_div`, `_sqrt`), as the interpreter does, so compiled and interpreted float32 results differ
+only in the order of sums. Each GEMM is one software-pipelined loop over (tap, channel tile). Weights are read with C_in innermost (stride 1): OHWI, i.e.
 channels-last, which `module.to(memory_format=torch.channels_last)` gives; other 3x3 layouts are repacked
 once per call by the host code below.
 """
