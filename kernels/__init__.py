@@ -4,5 +4,6 @@ and, without triton, by `feed_fast.backend_choice`'s cost model.
 
 Imported as `feed_fast.kernels`: the folder sits at the top of the repository (the project's layout names
 what lives where) and pyproject.toml's package-dir mapping installs it inside the `feed_fast` namespace, so no
-generic top-level `kernels` import name is claimed. Importing it needs triton; `feed_fast` itself does not.
+generic top-level `kernels` import name is claimed. Importing `feed_loss` needs triton; `tiling` and
+`feed_fast` do not.
 """
