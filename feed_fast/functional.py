@@ -82,6 +82,10 @@ def feed_loss(
     (cuDNN head conv, fused bias/activation/normalisation/L1), "auto" (torch off CUDA; on CUDA whichever of
     triton and hybrid `backend_choice.choose_fused_plan` models as faster for these shapes). Precision rules
     (autocast, TF32) are in `feed_fast.head`. `students=` is the deprecated name of head_inputs.
+
+    Memory format: pass channels-last feature maps (`x.to(memory_format=torch.channels_last)`). The fused
+    backends read channels innermost with 16-byte loads; NCHW maps give the same result through scalar loads,
+    much slower on a GPU (docs/ops.md, "Memory format").
     """
     head_inputs = _head_inputs_argument(head_inputs, students)
     check_options(beta, eps, negative_slope, reduction, backend)
