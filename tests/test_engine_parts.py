@@ -47,8 +47,9 @@ def test_defaults_are_filled_and_types_coerced():
     ({"method": {"name": "pfeed"}, "teachers": [{"name": "resnet8"}]}, "teachers.0 .resnet8. needs a checkpoint"),
     ({"method": {"name": "kd"}, "teachers": [{"name": "resnet8", "checkpoint": "/no/such.pt"}]},
      "teachers.0.checkpoint '/no/such.pt' does not exist"),
-    ({"teachers": [{"name": "vgg99", "weights": "X"}]}, "teachers.0.name: unknown model 'vgg99'"),
-    ({"teachers": [{"name": "resnet34", "weights": "ResNet34_Weights.NOPE"}]},
+    # (a method that uses teachers: baseline drops configured teachers before checking them)
+    ({"method": {"name": "kd"}, "teachers": [{"name": "vgg99", "weights": "X"}]}, "teachers.0.name: unknown model 'vgg99'"),
+    ({"method": {"name": "kd"}, "teachers": [{"name": "resnet34", "weights": "ResNet34_Weights.NOPE"}]},
      "teachers.0.weights 'ResNet34_Weights.NOPE' is not a torchvision weights name"),
     ({"data": {"dataset": "cifar100", "root": "/no/such/dir"}}, "data.root '/no/such/dir' does not exist"),
     ({"data": {"dataset": "synthetic", "root": ""}}, "data.num_classes is required"),
