@@ -85,9 +85,9 @@ def kernel_skip_reason(device: torch.device) -> str | None:
     """Why the Triton implementations cannot run on `device`, or None when they can."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     try:
-        import feed_fast.fused  # noqa: F401
+        import feed_fast.ops.fused  # noqa: F401
     except ImportError as error:
-        return f"fused kernels not available (feed_fast.fused: {error}); only the torch paths ran"
+        return f"fused kernels not available (feed_fast.ops.fused: {error}); only the torch paths ran"
     if device.type == "cuda" and interpreted:
         return "TRITON_INTERPRET=1 on a GPU would time the interpreter, not the kernels: unset it"
     if device.type != "cuda" and not interpreted:

@@ -4,7 +4,7 @@ shapes users run and read the compiler's own output.
     python benchmarks/kernel_figures.py [--out PATH] [--cases NAME ...] [--triton-path installed|DIR ...]
 
 Per compiled kernel (one JSON row each): the launch grid and its CTAs, registers per thread, shared memory,
-CTAs per SM (the occupancy limit of an H100's SM, `feed_fast.backend_choice.ctas_per_sm`), waves on 132 SMs,
+CTAs per SM (the occupancy limit of an H100's SM, `feed_fast.ops.backend_choice.ctas_per_sm`), waves on 132 SMs,
 the software pipeline's waits in the PTX (`cp.async.wait_group N`, `wgmma.wait_group N`), global loads by
 width (vector vs scalar, `ld.global` and `cp.async`), tensor-core instructions, and spills (stack bytes, local
 loads/stores in the SASS). Nothing is launched and nothing is timed: these are properties of the binaries.
@@ -184,7 +184,7 @@ def global_loads(ptx: str) -> dict:
 
 def binary_figures(binary) -> dict:
     """Everything read from one compiled kernel."""
-    from feed_fast.backend_choice import H100, ctas_per_sm
+    from feed_fast.ops.backend_choice import H100, ctas_per_sm
 
     ptx = binary.asm.get("ptx", "")
     usage = resource_usage(binary.asm.get("cubin", b""))
@@ -210,7 +210,7 @@ def binary_figures(binary) -> dict:
 
 
 def grid_figures(grid: tuple, per_sm: int | None) -> dict:
-    from feed_fast.backend_choice import H100
+    from feed_fast.ops.backend_choice import H100
 
     ctas = 1
     for g in grid:

@@ -1,7 +1,7 @@
 """Fused FEED loss kernels: translator head (1x1/3x3 conv as an implicit GEMM, bias, LeakyReLU) +
 per-sample L2 normalisation of head output and teacher map + L1 distance, forward and backward.
 
-The math is the one in docs/method.md (and `feed_fast.reference`, the readable twin). Shapes, strides and
+The math is the one in docs/method.md (and `feed_fast.ops.reference`, the readable twin). Shapes, strides and
 dtypes may differ per teacher: every launch takes per-teacher tuples and handles all K teachers at once
 (`tl.static_range` over the teacher index selects each teacher's constexpr specialisation), so the number of
 launches never depends on K.
@@ -9,7 +9,7 @@ launches never depends on K.
 Forward, one program per (sample, teacher): the head output y is recomputed tile by tile and never written.
 When a sample fits one tile (CIFAR-sized maps) a single pass over memory does everything; otherwise pass 1
 gathers the two norms and pass 2 recomputes y for the L1. Each row of `terms` is multiplied by its teacher's
-Python-float `scale` (beta and the reduction, decided by `feed_fast.functional`). Saved for backward:
+Python-float `scale` (beta and the reduction, decided by `feed_fast.ops.functional`). Saved for backward:
 per-sample scalars only (||y||, ||t||, <u, sign(u - v)>).
 
 Backward (four launches): (1) per (sample, teacher), recompute y and write dz = dL/d(pre-activation) in the
@@ -39,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backend_choice import H100
-from ..numerics import NORM_SCALE_FLOOR as _NORM_SCALE_FLOOR
+from ..ops.backend_choice import H100
+from ..ops.numerics import NORM_SCALE_FLOOR as _NORM_SCALE_FLOOR
 from . import tiling
 
 # Triton's interpreter (3.8) computes tl.dot wrongly for bfloat16 operands. There the operands are rounded to
@@ -725,7 +725,7 @@ def _or_dummy(tensors, dummy):
 def feed_forward(head_inputs, teachers, weights, biases, scales, dot_dtypes, tf32, negative_slope, eps):
     """-> terms (K, B) fp32, scales[k] * per-sample L1 sums, and stats (K, B, 3) fp32 for the backward.
 
-    dot_dtypes[k]: the GEMM operand dtype of teacher k's head (torch dtype; `feed_fast.head` decides it).
+    dot_dtypes[k]: the GEMM operand dtype of teacher k's head (torch dtype; `feed_fast.ops.head` decides it).
     tf32: run float32 GEMMs as TF32 (else IEEE fp32)."""
     weights = tuple(gemm_weight(w) for w in weights)
     plan = _plan(head_inputs, teachers, weights, biases, dot_dtypes, tf32)

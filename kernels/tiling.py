@@ -1,5 +1,5 @@
 """The fused kernels' launch geometry in plain Python (no triton import): block sizes per head, grids, and the
-weight-gradient split. The launch plans in `feed_loss.py` and the cost model in `feed_fast.backend_choice` both
+weight-gradient split. The launch plans in `feed_loss.py` and the cost model in `feed_fast.ops.backend_choice` both
 read it, so the CTAs the model counts are the CTAs the kernels launch.
 
 Grids (K teachers in every launch; a grid dimension is the largest any teacher needs, and a teacher's programs

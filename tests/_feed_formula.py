@@ -1,5 +1,5 @@
 """The FEED math written out again in float64 with explicit loops and einsum, independent of
-feed_fast.reference, plus the inputs the API tests share (test_feed_loss_api.py, test_feed_loss_validation.py)."""
+feed_fast.ops.reference, plus the inputs the API tests share (test_feed_loss_api.py, test_feed_loss_validation.py)."""
 
 from __future__ import annotations
 

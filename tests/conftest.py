@@ -9,7 +9,7 @@ import pytest
 import torch
 
 try:  # Decorate the kernels now, in the mode chosen above, whatever a test later does to the environment.
-    import feed_fast.fused  # noqa: F401
+    import feed_fast.ops.fused  # noqa: F401
 except ImportError:  # no triton on this platform: the torch backend still runs
     pass
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from feed_fast import backend_choice
-from feed_fast.backend_choice import (
+from feed_fast.ops import backend_choice
+from feed_fast.ops.backend_choice import (
     HeadShape,
     Kernel,
     choose_fused_plan,
@@ -25,7 +25,7 @@ from feed_fast.backend_choice import (
     plan_seconds,
     resolve_backend,
 )
-from feed_fast.validation import validate_inputs
+from feed_fast.ops.validation import validate_inputs
 
 OPS_DOC = Path(__file__).resolve().parents[1] / "docs" / "ops.md"
 

@@ -39,7 +39,7 @@ CPU = torch.device("cpu")
 
 def fused_importable() -> bool:
     try:
-        import feed_fast.fused  # noqa: F401
+        import feed_fast.ops.fused  # noqa: F401
     except ImportError:
         return False
     return True
@@ -302,7 +302,7 @@ def test_kernel_cases_are_skipped_with_a_reason(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     if fused_importable():
         assert impls.kernel_skip_reason(CPU) is None
-    monkeypatch.setitem(sys.modules, "feed_fast.fused", None)  # as on a platform without triton
+    monkeypatch.setitem(sys.modules, "feed_fast.ops.fused", None)  # as on a platform without triton
     assert "fused kernels not available" in impls.kernel_skip_reason(CPU)
 
 

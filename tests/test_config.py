@@ -148,8 +148,8 @@ def test_choices_come_from_the_registries_that_own_them():
     from feed_fast.loaders.build import BACKENDS, DATASETS
 
     from feed_fast.config import schema
+    from feed_fast.ops.validation import BACKENDS as LOSS_BACKENDS
     from feed_fast.runtime import DEVICES, PRECISIONS
-    from feed_fast.validation import BACKENDS as LOSS_BACKENDS
 
     hints = {cls: typing.get_type_hints(cls) for cls in (schema.MethodConfig, schema.DataConfig, schema.TrainConfig)}
     assert typing.get_args(hints[schema.MethodConfig]["name"]) == tuple(METHODS)

@@ -1,7 +1,7 @@
 """The public FEED loss API (`feed_loss`, `Translator`, `FEEDLoss`) on its torch backend.
 
 Expected values come from `_feed_formula.expected_terms`: the FEED math written out again in float64 with
-explicit loops and einsum, independent of feed_fast.reference. Bad inputs are in test_feed_loss_validation.py,
+explicit loops and einsum, independent of feed_fast.ops.reference. Bad inputs are in test_feed_loss_validation.py,
 the fused kernels in test_fused_kernels.py.
 """
 

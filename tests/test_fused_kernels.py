@@ -378,7 +378,7 @@ def autocast_case(device):
 @pytest.mark.parametrize("backend", ["triton", "hybrid"])
 def test_autocast_runs_the_head_gemms_in_the_autocast_dtype(backend, device):
     """As autocast casts a conv: float32 heads under bf16 autocast multiply bf16-rounded operands. Every backend
-    applies the one rule (feed_fast.head): fused and reference agree to float32 accuracy (hybrid to bf16, its
+    applies the one rule (feed_fast.ops.head): fused and reference agree to float32 accuracy (hybrid to bf16, its
     conv output being bf16), and all differ from the float32 result."""
     s, t, w, b = autocast_case(device)
     kwargs = {"negative_slope": 0.1, "reduction": "none"}

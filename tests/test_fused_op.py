@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 pytest.importorskip("triton")
 from feed_fast.kernels import feed_loss as kernels
 
-import feed_fast.fused  # noqa: F401 -- registers the ops
+import feed_fast.ops.fused  # noqa: F401 -- registers the ops
 from feed_fast import FEEDLoss, feed_loss
 
 LAUNCHERS = kernels.KERNEL_NAMES

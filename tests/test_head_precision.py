@@ -1,4 +1,4 @@
-"""The head's precision policy (feed_fast/head.py), the one rule every plan follows: the GEMM operand dtype
+"""The head's precision policy (feed_fast/ops/head.py), the one rule every plan follows: the GEMM operand dtype
 under autocast or not, and the TF32 flag as torch's old and new APIs spell it."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from feed_fast.head import autocast_dtype, gemm_dtype, head_conv
+from feed_fast.ops.head import autocast_dtype, gemm_dtype, head_conv
 
 bf16, fp16, fp32, fp64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
 
@@ -60,7 +60,7 @@ def run_python(code: str) -> str:
 def test_tf32_flag_in_the_legacy_spelling():
     assert run_python("""
         import torch
-        from feed_fast.head import matmul_allows_tf32
+        from feed_fast.ops.head import matmul_allows_tf32
         print(matmul_allows_tf32())
         torch.backends.cuda.matmul.allow_tf32 = True
         print(matmul_allows_tf32())
@@ -72,7 +72,7 @@ def test_tf32_flag_in_the_new_spelling_after_the_legacy_one():
     """torch refuses the legacy read once both APIs were used; the flag is then read the new way."""
     assert run_python("""
         import torch
-        from feed_fast.head import matmul_allows_tf32
+        from feed_fast.ops.head import matmul_allows_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         print(matmul_allows_tf32())

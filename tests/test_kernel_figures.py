@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kernel_figures  # benchmarks/ is not a package: its scripts import as siblings
 
-from feed_fast.backend_choice import FUSED_CTAS_PER_SM, H100
+from feed_fast.ops.backend_choice import FUSED_CTAS_PER_SM, H100
 
 ROWS = json.loads(FIGURES.read_text())
 VERSIONS = sorted({r["triton"] for r in ROWS})

@@ -103,14 +103,15 @@ def compiled_things() -> dict[str, int]:
 
 
 @pytest.mark.gpu
-def test_a_capture_and_its_replays_compile_nothing():
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_a_capture_and_its_replays_compile_nothing(backend):
     """The CUDA-graph capture happens after the warm-up steps; from the last warm-up step on, neither the capture
     nor the replays may compile (a first-time compile inside a capture would be recorded, not run)."""
     from feed_fast.engine.compiled_step import CUDA_WARMUP_STEPS
 
     raw = run_config("step", device="cuda")
     raw["train"]["precision"] = "bf16"
-    raw["method"]["backend"] = "triton"
+    raw["method"]["backend"] = backend  # auto: the plan is costed for a replayed graph from the first warm-up
     with contextlib.ExitStack() as stack:
         step, batches = build_step(raw, stack)
         for batch in batches[:CUDA_WARMUP_STEPS]:
@@ -120,3 +121,35 @@ def test_a_capture_and_its_replays_compile_nothing():
             step(*batch)
         assert step.compiled.graph.graph is not None
         assert compiled_things() == before
+
+
+def test_the_warmup_and_the_capture_cost_feed_loss_plans_for_a_replayed_graph(monkeypatch):
+    """`auto` picks its fused plan while the step is traced, in the warm-up steps before the capture: they must
+    already say "graph", or the plan costed for eager launches is the one the graph replays (and the capture,
+    seeing "graph", would recompile). CPU twin of the CUDA path: streams and the capture are stand-ins."""
+    import torch
+
+    from feed_fast.engine import compiled_step
+    from feed_fast.ops.backend_choice import current_launch_mode
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("Graph", (), {"replay": lambda self: None})())
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kw: contextlib.nullcontext())
+    modes = []
+
+    def run(images, labels, capturing=False):
+        modes.append((capturing, current_launch_mode(torch.device("cuda"))))
+        return ("ce",), torch.zeros(1)
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    replay = compiled_step.CudaGraphReplay(run, optimizer, warmup=2)
+    for _ in range(4):
+        replay(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    assert modes == [(False, "graph"), (False, "graph"), (True, "graph")]  # then replays: run is not called
+    assert current_launch_mode(torch.device("cpu")) == "eager"

@@ -20,8 +20,8 @@ from feed_fast.engine.step import NamedLosses, TrainStep, check_step_mode, step_
 from feed_fast.engine.teachers import TeacherRunner
 from feed_fast.methods import build_method
 from feed_fast.models import build_model
+from feed_fast.ops.translator import TranslatorGroup
 from feed_fast.runtime import open_runtime
-from feed_fast.translator import TranslatorGroup
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from feed_fast import FEEDLoss, Translator
-from feed_fast.translator import TranslatorGroup
+from feed_fast.ops.translator import TranslatorGroup
 
 OPTIONS = {
     "defaults": ({}, [5, 5, 5]),

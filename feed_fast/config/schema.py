@@ -13,8 +13,8 @@ from ..loaders.build import BACKENDS as DATA_BACKENDS
 from ..loaders.build import DATASETS, dali_available
 from ..loaders.transforms import AUTO_AUGMENTS, NUM_MAGNITUDE_BINS
 from ..methods import METHODS
+from ..ops.validation import BACKENDS as LOSS_BACKENDS
 from ..runtime import DEVICES, PRECISIONS, resolve_device, resolve_precision
-from ..validation import BACKENDS as LOSS_BACKENDS
 from .parse import Above, AtLeast, Below, ConfigError, from_mapping
 from .teachers import apply_run_overrides, both_sources_hint
 
@@ -46,7 +46,7 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TranslatorConfig:  # FEEDLoss's translator options (see feed_fast.translator)
+class TranslatorConfig:  # FEEDLoss's translator options (see feed_fast.ops.translator)
     width: PositiveInt | None = None
     final_kernel_size: Literal[1, 3] = 3
     batch_norm: bool = False

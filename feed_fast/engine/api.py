@@ -206,7 +206,7 @@ class StartReport:
         launcher = f"torchrun, {'gloo' if runtime.device.type != 'cuda' else 'nccl'}" if runtime.dist.enabled \
             else "one process"
         data_backend = getattr(loader, "backend", None) or "tensors on the device"
-        from ..loss import FEEDLoss
+        from ..ops.loss import FEEDLoss
 
         uses_feed = any(isinstance(module, FEEDLoss) for module in trainer.distiller.modules())
         backend = cfg.method.backend

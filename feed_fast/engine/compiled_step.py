@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ..methods import TeacherOutputs
+from ..ops.backend_choice import launch_mode
 from ..runtime.device import compile_for
 from .step import stack_losses
 
@@ -236,7 +237,9 @@ class CudaGraphReplay:
         if self.graph is None and self.done < self.warmup:
             self.side = self.side or torch.cuda.Stream()
             self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
+            # the warm-up steps trace and compile what the graph will replay: `feed_loss`'s `auto` picks the
+            # plan it costs for a replayed graph (no host launch cost), not for eager launches
+            with torch.cuda.stream(self.side), launch_mode("graph"):
                 names, vector = self.run(images, labels)
             torch.cuda.current_stream().wait_stream(self.side)
             self.done += 1
@@ -260,5 +263,5 @@ class CudaGraphReplay:
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's pool
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: a loader's worker thread touching CUDA meanwhile does not invalidate the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), launch_mode("graph"):
             self.static_out = self.run(*self.static_in, capturing=True)

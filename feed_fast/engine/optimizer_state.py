@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from ..translator import Translator, TranslatorGroup
+from ..ops.translator import Translator, TranslatorGroup
 
 
 def per_teacher_parameter_names(module: nn.Module) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from ..loss import FEEDLoss
+from ..ops.loss import FEEDLoss
 from .base import Distiller, Method
 from .losses import hinton_kd
 

@@ -1,10 +1,10 @@
 """Which implementation runs a `feed_loss` call, decided per call from the shapes and dtypes.
 
-- `torch`: the eager reference (`feed_fast.reference`); any device, any float dtype.
+- `torch`: the eager reference (`feed_fast.ops.reference`); any device, any float dtype.
 - `triton`: fully fused kernels, head conv included (`feed_fast.kernels.feed_loss`): 1 forward + 4 backward
   launches for all K teachers, nothing but per-sample scalars saved.
 - `hybrid`: cuDNN runs the head conv (forward, input and weight gradients); the same fused kernels do bias,
-  activation, both norms and the L1 (`feed_fast.hybrid`).
+  activation, both norms and the L1 (`feed_fast.ops.hybrid`).
 - `auto`: `torch` off CUDA (and for float64 or without triton); on CUDA, `choose_fused_plan` below, for the
   launch mode the call runs in (`launch_mode`: eager, or replayed from a CUDA graph).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import tiling
+from ..kernels import tiling
 from .validation import FEEDInputs, first_float64, reject_float64
 
 # ---- the model's constants: an H100 SXM; each to be replaced by what benchmarks/gpu_check.sh measures ----------

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..kernels import feed_loss as kernels
 from .head import gemm_dtypes
-from .kernels import feed_loss as kernels
 from .validation import FEEDInputs
 
 

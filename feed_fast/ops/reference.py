@@ -3,7 +3,7 @@ tested against. docs/method.md has the formulas.
 
 `feed_terms_reference` returns the same (K, B) intermediate as the fused op: row k is `row_scales[k]` times
 the per-sample L1 sums sum_i |u_i - v_i|. The scales (beta and the reduction) are decided by
-`feed_fast.functional`; the head's precision policy lives in `feed_fast.head`.
+`feed_fast.ops.functional`; the head's precision policy lives in `feed_fast.ops.head`.
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def feed_loss(
     backend: "torch" (eager reference, any device), "triton" (fully fused head + loss kernels), "hybrid"
     (cuDNN head conv, fused bias/activation/normalisation/L1), "auto" (torch off CUDA; on CUDA whichever of
     triton and hybrid `backend_choice.choose_fused_plan` models as faster for these shapes). Precision rules
-    (autocast, TF32) are in `feed_fast.head`. `students=` is the deprecated name of head_inputs.
+    (autocast, TF32) are in `feed_fast.ops.head`. `students=` is the deprecated name of head_inputs.
 
     Memory format: pass channels-last feature maps (`x.to(memory_format=torch.channels_last)`). The fused
     backends read channels innermost with 16-byte loads; NCHW maps give the same result through scalar loads,

@@ -24,7 +24,7 @@ class FEEDLoss(nn.Module):
     for all K, see `TranslatorGroup`) and hands each translator's last conv
     (+ bias + LeakyReLU) to `feed_loss`, which fuses it with the normalisation and the L1 distance. The heads'
     fp32 parameters go in as they are: under autocast `feed_loss` runs the head GEMMs in the autocast dtype
-    (`feed_fast.head`), the fused kernels cast in registers and write fp32 gradients directly. The heads are
+    (`feed_fast.ops.head`), the fused kernels cast in registers and write fp32 gradients directly. The heads are
     kept channels-last (C_in innermost), the layout the kernels read weights in, so no step repacks them.
     """
 
