@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+import signal
 
 import torch
 
@@ -107,3 +109,21 @@ def signal_after_step(n: int, sig: int):
         yield calls
     finally:
         GenerationTrainer.train_step = original
+
+
+def epoch_records(run) -> list[tuple]:
+    """(epoch, loss, val) of each line of a run's metrics.jsonl."""
+    return [(r["epoch"], r["loss"], r.get("val"))
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def train_straight_and_interrupted(main, config, out, stop_after: int = 6) -> tuple[list, list]:
+    """`feed-fast train config` twice under `out`: straight through ("straight"), and SIGINTed after micro-batch
+    `stop_after` then resumed ("split"; checked to have stopped with 130 and one epoch on record). Returns both
+    runs' epoch records, for the caller to compare."""
+    assert main(["train", str(config), "--out", str(out / "straight")]) == 0
+    with signal_after_step(stop_after, signal.SIGINT):
+        assert main(["train", str(config), "--out", str(out / "split")]) == 130
+    assert len(epoch_records(out / "split")) == 1
+    assert main(["train", "--resume", str(out / "split")]) == 0
+    return epoch_records(out / "straight"), epoch_records(out / "split")

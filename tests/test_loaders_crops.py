@@ -5,17 +5,15 @@ a file whose header cannot be read is named before DALI sees it, and DALI's own 
 broken file is folded into our one message."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import warnings
 
 import pytest
 import torch
 import yaml
 from _loader_data import corrupt_jpeg, make_image_folder, not_an_image, tag_rotated
-from _recipe import signal_after_step
+from _recipe import train_straight_and_interrupted
 from feed_fast.loaders import CorruptImageError, build_loader, dali_available, torchvision_backend
 from feed_fast.loaders.transforms import train_crop
 
@@ -208,16 +206,8 @@ def test_feed_fast_train_stopped_mid_epoch_and_resumed_on_dali_matches_the_unint
         "schedule": {"name": "cosine", "epochs": 2, "milestones": []}, "optim": {"lr": 0.05},
         "train": {"device": "cpu", "progress": "none", "log_every": 1}}))
 
-    def records(run):
-        return [(r["epoch"], r["loss"], r.get("val"))
-                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-
-    assert main(["train", str(config), "--out", str(tmp_path / "straight")]) == 0
-    with signal_after_step(6, signal.SIGINT):  # epoch 1, after its second batch
-        assert main(["train", str(config), "--out", str(tmp_path / "split")]) == 130
-    assert len(records(tmp_path / "split")) == 1
-    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
-    assert records(tmp_path / "split") == records(tmp_path / "straight")
+    straight, split = train_straight_and_interrupted(main, config, tmp_path)  # SIGINT in epoch 1, after its second batch
+    assert split == straight
     capsys.readouterr()
 
 

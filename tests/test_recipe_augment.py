@@ -263,11 +263,9 @@ def test_feed_fast_train_with_the_recipe_stopped_mid_epoch_and_resumed_matches_t
     """`feed-fast train` on an image folder with every switch of the torchvision recipe (TrivialAugmentWide, random
     erasing, MixUp/CutMix, label smoothing, norm weight decay 0, clipping), pFEED with a teacher, SIGINT in the
     middle of epoch 2, then --resume: the same losses, top-1 and student as the run that was not stopped."""
-    import json
-    import signal
 
     import yaml
-    from _recipe import folder_run_config, load, save_teacher, signal_after_step
+    from _recipe import folder_run_config, load, save_teacher, train_straight_and_interrupted
 
     from feed_fast.cli import main
 
@@ -279,16 +277,8 @@ def test_feed_fast_train_with_the_recipe_stopped_mid_epoch_and_resumed_matches_t
         root, backend, "pfeed", [teacher], augment={"auto_augment": "ta_wide", "random_erase": 0.5},
         mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, norm_weight_decay=0.0, clip_grad_norm=1.0)))
 
-    def records(run):
-        return [(r["epoch"], r["loss"], r.get("val"))
-                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-
-    assert main(["train", str(config), "--out", str(tmp_path / "straight")]) == 0
-    with signal_after_step(6, signal.SIGINT):  # epoch 2, after its second batch
-        assert main(["train", str(config), "--out", str(tmp_path / "split")]) == 130
-    assert len(records(tmp_path / "split")) == 1
-    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
-    assert records(tmp_path / "split") == records(tmp_path / "straight")
+    straight, split = train_straight_and_interrupted(main, config, tmp_path)  # SIGINT in epoch 2, after its second batch
+    assert split == straight
     straight, split = (load(tmp_path / run / "model.pt")["state_dict"] for run in ("straight", "split"))
     assert all(torch.equal(value, split[key]) for key, value in straight.items())
     capsys.readouterr()
