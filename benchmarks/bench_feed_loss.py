@@ -86,6 +86,7 @@ from warmup import time_without_compiles, warm_up
 
 from feed_fast.environment import environment
 from feed_fast.runtime import resolve_device
+from feed_fast.runtime.device import safe_cpu_convolutions
 
 SWEEP_TEACHERS = (1, 2, 3, 4)
 
@@ -165,6 +166,10 @@ def roofline(shape: ShapeSet, kernel_size: int, median_ms: float | None, device_
         "tflops_fraction_of_limit": tflops / H100_LIMITS["bf16_dense_tflops"] if h100 else None,
         "gbps_fraction_of_limit": gbps / H100_LIMITS["memory_gbps"] if h100 else None,
     }
+
+
+def memory_format(layout: str) -> torch.memory_format:
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 
 def run_case(case: Case, args, device: torch.device, skip_kernels: str | None) -> dict:
@@ -480,7 +485,8 @@ def main(argv=None) -> int:
             record = {"shape": case.shape.name, "kernel_size": case.kernel_size, "layout": case.layout,
                       "impl": case.impl, "status": "skipped", "note": f"time budget of {args.budget_s:.0f} s reached"}
         else:
-            record = run_case(case, args, device, skip_kernels)
+            with safe_cpu_convolutions(device, memory_format(case.layout)):  # a torch 2.14 CPU crash, fenced
+                record = run_case(case, args, device, skip_kernels)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the case's input sets are gone: start the next one from a clean pool
         report["results"].append(record)
@@ -490,7 +496,8 @@ def main(argv=None) -> int:
     for layout in [] if args.no_sweep else (args.sweep_layouts or args.layouts):
         if args.budget_s is not None and time.monotonic() - started > args.budget_s:
             break
-        sweep = launch_sweep(sweep_shape, args.kernel_sizes[0], layout, args.impls, device, skip_kernels, args)
+        with safe_cpu_convolutions(device, memory_format(layout)):
+            sweep = launch_sweep(sweep_shape, args.kernel_sizes[0], layout, args.impls, device, skip_kernels, args)
         report["launches_vs_teachers"].append(sweep)
         write_json(out, report)
     if any(r.get("triton_interpreter") for r in report["results"]):
