@@ -109,8 +109,10 @@ def _nvidia_tool(name: str) -> Path:
 
 
 def resource_usage(cubin: bytes) -> dict:
-    """Registers per thread and stack bytes (cuobjdump -res-usage), and the local-memory loads and stores in the
-    machine code (SASS LDL/STL): the kernels have no local arrays, so any of those is a register spill."""
+    """Registers per thread, stack bytes and local memory per thread (cuobjdump -res-usage), and the local-memory
+    loads and stores in the machine code (SASS LDL/STL): the kernels have no local arrays, so any of those is a
+    register spill. Spills live in local memory, so with no stack and no local memory there is none to count
+    and the SASS (a disassembly of about a second per binary) is read only when there is some."""
     tool = _nvidia_tool("cuobjdump")
     if not tool.exists():
         return {}
@@ -118,8 +120,10 @@ def resource_usage(cubin: bytes) -> dict:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+        found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+        no_local = found is not None and int(found[2]) == int(found[3]) == 0
+        sass = "" if no_local else subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True,
+                                                  check=True).stdout
     return {
         "registers": int(found[1]) if found else None,
         "stack_bytes": int(found[2]) if found else None,

@@ -13,10 +13,18 @@ try:  # Decorate the kernels now, in the mode chosen above, whatever a test late
 except ImportError:  # no triton on this platform: the torch backend still runs
     pass
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs the suite in pytest-xdist workers: each takes its share of the cores, not all of them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
+    # One worker runs a whole file (its module fixtures build their runs and data once) unless the file names
+    # a group to share with other files (the compile probes share one per-process cache).
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; its CPU twin runs everywhere")

@@ -2,7 +2,7 @@
 
 Triton compiles through its bundled ptxas; only launching needs a driver. A stand-in driver reports the target
 architecture, and `warmup` compiles without launching. Run in its own process (it must not inherit
-TRITON_INTERPRET=1): `python tests/gpu_compile_probe.py 90 [variant ...]` prints one JSON object per compiled
+TRITON_INTERPRET=1): `python tests/gpu_compile_probe.py 90 [variant ... | users]` prints one JSON object per compiled
 kernel and config (a variant: one of VARIANTS or a USER_SHAPES name). Works with any Triton on PYTHONPATH (tests/test_triton_versions.py runs it under 3.6).
 
 Besides these, the shapes users run (`USER_SHAPES`, named `<cifar|imagenet>_<dtype>_<fused_3x3|fused_1x1|hybrid>`):
@@ -83,4 +83,6 @@ def main(arch: int, variants) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90, sys.argv[2:] or VARIANTS)  # variants or USER_SHAPES names
+    # variants or USER_SHAPES names; "users": every one of USER_SHAPES (the whole matrix, minutes of compiling)
+    names = [n for name in sys.argv[2:] for n in (USER_SHAPES if name == "users" else [name])]
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 90, names or VARIANTS)

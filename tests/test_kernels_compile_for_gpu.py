@@ -16,6 +16,8 @@ from _compile_probe import probe_rows, register_table
 VARIANTS = {"bf16", "fp32", "fp32_tf32"}
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 needs_ptxas = pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
+# one xdist worker for every test that compiles through the probe: _compile_probe caches per process
+pytestmark = pytest.mark.xdist_group("compile_probe")
 
 
 def warps_per_kernel():
