@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/feed-fast demo
 
-# The suite in TEST_WORKERS pytest-xdist processes (default: the cores, at most 4), one file per worker at a time
-# (tests/conftest.py groups them). TEST_WORKERS=0 runs it in this process.
+# The suite in TEST_WORKERS pytest-xdist processes (default: the cores, at most 4), each running whole files (module
+# fixtures once). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # A GPU: the full grid -> benchmarks/results/. A CPU: the smoke grid, the triton and hybrid rows in Triton's
 # interpreter (labelled [triton-interpreter]) -> benchmarks/results/local/ (ignored). See docs/benchmarks.md.

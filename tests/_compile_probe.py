@@ -71,3 +71,13 @@ def register_table(rows) -> str:
         f"{r['spill_stores']} spill stores, {r['spill_loads']} spill loads"
         for r in rows
     )
+
+
+def no_local_memory(rows) -> str:
+    """Assert the probe compiled something and nothing uses local memory (no stack, no spill loads or stores, at
+    most 255 registers); -> the register table, for the test's report."""
+    table = register_table(rows)
+    assert rows, "the probe compiled nothing"
+    assert all(r["stack_bytes"] == r["spill_stores"] == r["spill_loads"] == 0 for r in rows), table
+    assert all(r["registers"] is not None and r["registers"] <= 255 for r in rows), table
+    return table

@@ -13,18 +13,18 @@ try:  # Decorate the kernels now, in the mode chosen above, whatever a test late
 except ImportError:  # no triton on this platform: the torch backend still runs
     pass
 
-# `make test` runs the suite in pytest-xdist workers: each takes its share of the cores, not all of them.
+# `make test` runs the suite in pytest-xdist workers (one file at a time each, so module fixtures run once):
+# each worker takes its share of the cores, not all of them.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+# The processes tests start (a benchmark suite under pytest, gpu_check.sh) are sessions of their own, as a user
+# starts them: with these inherited, pytest-benchmark would take such a session for an xdist worker and refuse
+# to time anything. xdist itself reads its worker state from the config, not from here.
+for _name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_name, None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
-    # One worker runs a whole file (its module fixtures build their runs and data once) unless the file names
-    # a group to share with other files (the compile probes share one per-process cache).
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; its CPU twin runs everywhere")
