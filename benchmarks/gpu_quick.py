@@ -305,24 +305,6 @@ def step_checks(rows: list[dict], cuda: bool) -> tuple[dict, list[str]]:
     return checks, problems
 
 
-@contextlib.contextmanager
-def default_compile_backend(backend: str):
-    """torch.compile calls that name no backend use `backend` inside the block (the engine names none)."""
-    import torch
-
-    original = torch.compile
-
-    def compile_with(model=None, **kwargs):
-        kwargs.setdefault("backend", backend)
-        return original(**kwargs) if model is None else original(model, **kwargs)
-
-    torch.compile = compile_with
-    try:
-        yield
-    finally:
-        torch.compile = original
-
-
 def step_config(preset: dict, teacher_file: Path, steps_per_epoch: int) -> dict:
     return {
         "model": {"name": preset["student"], "kwargs": preset["kwargs"]},
@@ -345,6 +327,7 @@ def part_step_resume(args) -> int:
     from feed_fast.engine import resume, train
     from feed_fast.engine.checkpoint import student_export
     from feed_fast.models import build_model
+    from feed_fast.runtime.device import compile_backend
 
     preset = SMOKE if args.smoke else CIFAR
     if preset["device"] == "cuda" and not torch.cuda.is_available():
@@ -362,7 +345,7 @@ def part_step_resume(args) -> int:
                           "lr_tolerance": LR_TOLERANCE, "synthetic_data": True, "random_teacher_weights": True},
               "segments": {}, "steps": []}
     observer = StepObserver(device)
-    backend = default_compile_backend("aot_eager") if args.smoke else contextlib.nullcontext()
+    backend = compile_backend("aot_eager") if args.smoke else contextlib.nullcontext()
     with tempfile.TemporaryDirectory(prefix="feed_fast_quick_") as scratch, observer.watching(), backend:
         torch.manual_seed(1)
         teacher = build_model(preset["teacher"], preset["classes"], **preset["kwargs"])

@@ -124,3 +124,16 @@ def test_a_channels_last_cpu_run_trains_without_onednn_and_puts_it_back(tmp_path
     options = RunConfig.from_dict(tiny_run(channels_last=False), check_paths=False).train
     with open_runtime(options, handle_signals=False):
         assert torch.backends.mkldnn.enabled == before
+
+
+def test_compile_backend_applies_to_the_engine_s_units_inside_the_block_only(monkeypatch):
+    from feed_fast.runtime import device as device_module
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    unit = lambda x: x
+    with device_module.compile_backend("aot_eager"):
+        device_module.compile_for(unit, torch.device("cpu"), fullgraph=True)
+    device_module.compile_for(unit, torch.device("cpu"), fullgraph=True)
+    assert seen[0] == {"fullgraph": True, "backend": "aot_eager"}  # Inductor's options are Inductor's alone
+    assert seen[1] == {"fullgraph": True, "options": {"layout_optimization": False}}

@@ -22,6 +22,7 @@ from feed_fast.config import load_config
 from feed_fast.engine import resume, train
 from feed_fast.engine.checkpoint import load_exported_student, student_export
 from feed_fast.models import build_model
+from feed_fast.runtime.device import compile_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -142,6 +143,9 @@ def test_the_demo_student_config_runs_stops_and_resumes(data_roots, tmp_path):
 # One config per model family, in the compiled modes: a torchvision ResNet-18 from a torchvision ResNet-34 (step and
 # compile: true) and from timm ResNet-34s (step). The CIFAR family's classes run step mode in test_step_modes.py
 # (ResNet-8, the same CifarResNet class); compiling ResNet-56 here cost minutes of the suite's budget.
+# These runs check the config's way through the compiled modes (fullgraph units traced by Dynamo and AOTAutograd,
+# stop and resume) with the aot_eager backend: Inductor's C++ build of three ResNet-34s cost minutes of a cold CI
+# run. Inductor's code for each family, against eager, is tests/test_step_mode_families.py's.
 FAMILY_RUNS = [("imagenet_resnet18_pfeed", "step"), ("imagenet_resnet18_pfeed", "true"),
                ("imagenet_resnet18_timm_resnet34_pfeed", "step")]
 
@@ -151,5 +155,6 @@ FAMILY_RUNS = [("imagenet_resnet18_pfeed", "step"), ("imagenet_resnet18_pfeed", 
 def test_one_config_per_family_in_the_compiled_modes(name, compile_setting, data_roots, tmp_path):
     sets = user_overrides(name, data_roots, tmp_path, "torchvision" if "imagenet" in name else None)
     cfg = load_config(name, [*sets, f"train.compile={compile_setting}", "train.ema.enabled=false"])
-    first, done = stop_and_resume(cfg, tmp_path / "run")
+    with compile_backend("aot_eager"):
+        first, done = stop_and_resume(cfg, tmp_path / "run")
     check_finished(first, done, tmp_path / "run")

@@ -63,9 +63,28 @@ def compile_for(fn, device: torch.device, **kwargs):
       convolutions channels-last on its own; besides re-deciding the layout, that path crashes the process (heap
       corruption in oneDNN's convolution backward, seen with torch 2.14.1 on an AVX2 CPU with one thread), so
       it is off there. On CUDA the batches are channels-last already."""
-    if torch.device(device).type == "cpu":
+    if _backend is not None:
+        kwargs.setdefault("backend", _backend)
+    if torch.device(device).type == "cpu" and kwargs.get("backend", "inductor") == "inductor":
         kwargs["options"] = {"layout_optimization": False, **kwargs.get("options", {})}
     return torch.compile(with_own_code(fn), **kwargs)
+
+
+_backend: str | None = None  # set by `compile_backend`; None: torch.compile's default, Inductor
+
+
+@contextlib.contextmanager
+def compile_backend(backend: str) -> Iterator[None]:
+    """Within: the engine's units compile with torch.compile backend `backend` instead of Inductor. For runs that
+    check what surrounds the compiler rather than its code: "aot_eager" traces the same fullgraph units (Dynamo,
+    AOTAutograd) and generates no code, where Inductor's C++ build costs minutes on a CPU (gpu_check's smoke
+    run, the shipped configs' compiled-mode tests)."""
+    global _backend
+    saved, _backend = _backend, backend
+    try:
+        yield
+    finally:
+        _backend = saved
 
 
 def with_own_code(fn):
