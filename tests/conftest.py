@@ -41,3 +41,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def aot_eager_compiles():
+    """The engine's compiled units are traced as under Inductor (Dynamo fullgraph, AOTAutograd: the graph breaks,
+    recompiles, graph inputs and numerics of the traced step) but run without generated code. For tests of what
+    the step does around the compiler: Inductor's C++ build of a model costs a cold run minutes per graph. The
+    Inductor step itself is tested in test_step_modes.py."""
+    from feed_fast.runtime.device import compile_backend
+
+    with compile_backend("aot_eager"):
+        yield

@@ -135,6 +135,7 @@ def test_accumulate_is_checked_and_must_fit_the_epoch(tmp_path):
         train(run_config("baseline", accumulate=11), tmp_path / "too_many")
 
 
+@pytest.mark.usefixtures("aot_eager_compiles")  # the traced step; Inductor: test_step_modes
 def test_under_torch_compile_step_accumulation_matches_eager():
     """train.compile=step with accumulate=2, label smoothing and an EMA: fullgraph units, no recompile as the lr
     moves, within 1e-4 of the eager step after 3 optimizer steps (Inductor reorders float32 sums)."""

@@ -214,6 +214,7 @@ def test_a_step_with_the_switches_reads_nothing_on_the_host():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("aot_eager_compiles")  # the traced step; Inductor: test_step_modes
 def test_compiled_step_with_param_groups_clipping_and_mixing_matches_eager():
     """train.compile=step with 3 param groups (one lr tensor each in StaticLR), clipping and mixing against eager
     over 4 steps with a moving lr: losses and parameters within 1e-4 (Inductor reorders float32 sums)."""

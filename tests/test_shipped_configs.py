@@ -145,7 +145,8 @@ def test_the_demo_student_config_runs_stops_and_resumes(data_roots, tmp_path):
 # (ResNet-8, the same CifarResNet class); compiling ResNet-56 here cost minutes of the suite's budget.
 # These runs check the config's way through the compiled modes (fullgraph units traced by Dynamo and AOTAutograd,
 # stop and resume) with the aot_eager backend: Inductor's C++ build of three ResNet-34s cost minutes of a cold CI
-# run. Inductor's code for each family, against eager, is tests/test_step_mode_families.py's.
+# run. Each family's capture against eager is tests/test_step_mode_families.py's, Inductor's whole step
+# tests/test_step_modes.py's.
 FAMILY_RUNS = [("imagenet_resnet18_pfeed", "step"), ("imagenet_resnet18_pfeed", "true"),
                ("imagenet_resnet18_timm_resnet34_pfeed", "step")]
 

@@ -9,6 +9,8 @@ import contextlib
 import pytest
 from test_step_modes import build_step, run_config
 
+# What the traced step reads and guards on is Dynamo's and AOTAutograd's: no generated code needed (the GPU
+# capture test below compiles with Inductor).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -24,6 +26,7 @@ def record_update_lrs(step) -> list:
     return seen
 
 
+@pytest.mark.usefixtures("aot_eager_compiles")
 def test_the_update_reads_the_lr_tensor_after_a_checkpoint_load_and_follows_the_schedule():
     with contextlib.ExitStack() as stack:
         straight, batches = build_step(run_config("step"), stack)
@@ -55,6 +58,7 @@ def test_the_update_reads_the_lr_tensor_after_a_checkpoint_load_and_follows_the_
         assert isinstance(group["lr"], float)
 
 
+@pytest.mark.usefixtures("aot_eager_compiles")
 def test_a_traced_setting_changed_after_compiling_is_refused_naming_it():
     """Each setting in turn on one compiled step (compiling is the cost): changed, refused before the step runs
     (naming it, old and new value), put back; the step then runs again."""
@@ -78,6 +82,7 @@ def test_a_traced_setting_changed_after_compiling_is_refused_naming_it():
         step(*batches[1])
 
 
+@pytest.mark.usefixtures("aot_eager_compiles")
 def test_the_engine_changes_no_traced_setting_over_an_epoch_and_a_checkpoint_load():
     with contextlib.ExitStack() as stack:
         step, batches = build_step(run_config("step"), stack)

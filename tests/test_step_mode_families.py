@@ -22,7 +22,9 @@ from feed_fast.methods import build_method
 from feed_fast.models import build_model
 from feed_fast.runtime import open_runtime
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# The capture of each family (fullgraph, no recompiles, the traced step against eager); Inductor's code for a
+# whole step is test_step_modes.py's (a cold Inductor build of three ResNet-18s took minutes of CI).
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "aot_eager_compiles")
 
 FAMILIES = {
     "cifar": ("resnet8", {"widths": [4, 8, 16]}, 16),
