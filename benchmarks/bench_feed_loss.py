@@ -78,6 +78,7 @@ from feed_loss_shapes import (
     ShapeSet,
     StepInputs,
     make_inputs,
+    memory_format,
     minimum_bytes,
     rotation_sets,
     useful_flops,
@@ -166,10 +167,6 @@ def roofline(shape: ShapeSet, kernel_size: int, median_ms: float | None, device_
         "tflops_fraction_of_limit": tflops / H100_LIMITS["bf16_dense_tflops"] if h100 else None,
         "gbps_fraction_of_limit": gbps / H100_LIMITS["memory_gbps"] if h100 else None,
     }
-
-
-def memory_format(layout: str) -> torch.memory_format:
-    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 
 def run_case(case: Case, args, device: torch.device, skip_kernels: str | None) -> dict:

@@ -35,6 +35,7 @@ def load_bench():
 
 bench = load_bench()
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow  # the script's smoke grid in Triton's interpreter
 
 
 def fused_importable() -> bool:

@@ -18,6 +18,7 @@ from feed_fast.demo.runner import PLOT_FILE, REPORT_FILE, RESULTS_FILE, SWEEP_PL
 from feed_fast.demo.seed_stats import PairedDifference
 from feed_fast.models import build_model, count_parameters
 
+pytestmark = pytest.mark.slow  # a whole short demo: teachers, five students, two seeds
 TINY = [8, 16, 32]  # CIFAR ResNet widths small enough for a test, same 8x8 feature map as the full ones
 STEPS = 15  # per epoch (of 45): the teachers see 60 batches, each student 30
 STUDENT_ROLES = [BASELINE, KD, FT, PFEED, PFEED]  # per seed: KD, FT (beta 500) and the sweep's two pFEED rows

@@ -24,6 +24,7 @@ from _cluster import params, worker_of_rank
 from feed_fast.engine.checkpoint import student_export
 from feed_fast.models import build_model
 
+pytestmark = pytest.mark.slow  # torchrun, a killed rank, a resume
 BOUND_S = 60  # the agent's 30 s SIGTERM grace plus start-up noise on a loaded 2-core machine
 STEPS = 10  # per epoch and rank (the synthetic data's epoch length)
 

@@ -19,6 +19,7 @@ except ImportError:  # no triton: every test here needs it anyway
     pinned_config = contextlib.nullcontext
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+pytestmark = pytest.mark.slow  # every kernel in Triton's interpreter, about 2 minutes
 # The rule: the IEEE fp32 specialisation computes what the interpreter computes, operation by operation (IEEE
 # GEMMs, divisions and square roots rounded to nearest: div.rn/sqrt.rn, checked in the PTX by
 # tests/test_kernels_compile_for_gpu.py), so compiled and interpreted float32 results differ only in the order of

@@ -17,6 +17,7 @@ import feed_fast
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+pytestmark = pytest.mark.slow  # smoke runs of the whole script, about 3 minutes
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_check_report

@@ -16,6 +16,7 @@ from _compile_probe import no_local_memory, probe_rows
 VARIANTS = {"bf16", "fp32", "fp32_tf32"}
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 needs_ptxas = pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
+pytestmark = pytest.mark.slow  # Triton's compiler and ptxas, minutes on a cold cache
 
 
 def warps_per_kernel():

@@ -40,6 +40,7 @@ def test_pyproject_states_the_tested_triton_floor():
 # TF32, 3x3 and 1x1 (bf16 hybrid at both shapes: the committed figures).
 REPRESENTATIVE = ("cifar_bf16_fused_3x3", "cifar_fp32_tf32_hybrid", "imagenet_fp32_fused_3x3", "imagenet_bf16_fused_1x1")
 needs_ptxas = pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas")
+pytestmark = pytest.mark.slow  # Triton's compiler and ptxas, minutes on a cold cache
 
 
 def triton_path(version: str) -> str | None:
