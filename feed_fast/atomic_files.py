@@ -105,6 +105,24 @@ def _fsync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike, *,
+                keep_previous: str | os.PathLike | None = None) -> Path:
+    """`path` becomes `source`'s content, atomically (see `atomic_write` for `keep_previous`): a hard link, so
+    a checkpoint that is both best.pt and last.pt is written and stored once. Safe because no file here is
+    ever changed in place: each later write replaces its name with a new file, and the link keeps the old one."""
+    source, path = Path(source), Path(path)
+    try:
+        if keep_previous is not None and path.exists():
+            _replace_with_copy_of(path, Path(keep_previous))
+        _replace_with_copy_of(source, path)
+        _fsync_folder(path.parent)
+    except WriteFailed:
+        raise
+    except OSError as err:
+        raise WriteFailed(path, err) from err
+    return path
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     return atomic_write(lambda file: file.write(text.encode()), path)
 

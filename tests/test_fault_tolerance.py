@@ -110,6 +110,9 @@ def test_a_finished_run_keeps_the_previous_last_pt_beside_the_newest(finished):
     assert checkpoint(run / "last.pt")["epoch"] == 3 and checkpoint(run / "last.prev.pt")["epoch"] == 2
     assert [r["epoch"] for r in checkpoint(run / "last.pt")["history"]] == [0, 1, 2]
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+    # best.pt and last.pt are one stored file exactly when they hold the same epoch
+    same_epoch = checkpoint(run / "best.pt")["epoch"] == checkpoint(run / "last.pt")["epoch"]
+    assert os.path.samefile(run / "best.pt", run / "last.pt") == same_epoch
 
 
 # --- 1. metrics.jsonl and the checkpoint never disagree -------------------------------------------------------
@@ -383,6 +386,20 @@ def test_a_refused_write_names_the_file_and_the_cause_and_keeps_the_old_file(tmp
     assert torch.equal(checkpoint(target)["a"], torch.zeros(2))
     assert torch.equal(checkpoint(tmp_path / "last.prev.pt")["a"], torch.ones(2))
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+def test_best_and_last_are_stored_once_and_a_later_last_pt_leaves_best_as_it_was(tmp_path):
+    from feed_fast.atomic_files import atomic_copy, atomic_save
+
+    best, last, previous = tmp_path / "best.pt", tmp_path / "last.pt", tmp_path / "last.prev.pt"
+    atomic_save({"epoch": 1}, last)
+    atomic_save({"epoch": 2}, best)
+    atomic_copy(best, last, keep_previous=previous)
+    assert os.path.samefile(best, last) and checkpoint(previous)["epoch"] == 1
+    atomic_save({"epoch": 3}, last, keep_previous=previous)  # the next epoch, not a better one
+    assert [checkpoint(p)["epoch"] for p in (best, last, previous)] == [2, 3, 2]
+    assert not os.path.samefile(best, last)
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.prev.pt", "last.pt"]
 
 
 def _umask() -> int:

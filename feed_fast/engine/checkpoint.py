@@ -2,7 +2,8 @@
 
 A run writes last.pt (everything training needs to continue, the EMA of `train.ema` included), last.prev.pt
 (the last.pt before it, so a damaged newest copy is never the only one), best.pt (last.pt's content at the raw
-student's best validation epoch), model.pt (the trained model alone: what a later run names as a teacher's
+student's best validation epoch; while the newest epoch is the best, best.pt and last.pt are hard links to
+one file), model.pt (the trained model alone: what a later run names as a teacher's
 `checkpoint`, and what `feed-fast eval` scores) and, with `train.ema`, model_ema.pt (the averaged model, the same
 format). Writes go through `feed_fast.atomic_files`. Earlier releases called the exports student.pt and
 student_ema.pt: every reader takes a file by its content, whatever its name, and the run-folder code still knows

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic_files import atomic_save
+from ..atomic_files import atomic_copy, atomic_save
 from ..config import ConfigError, RunConfig
 from ..methods import Method
 from ..models import count_parameters
@@ -139,7 +139,7 @@ class GenerationTrainer:
         `announce(trainer)` is called on rank 0 once the starting point is known (the start block).
 
         Per epoch, best.pt (when the epoch is the best so far), then last.pt (the epoch's commit point; the one
-        it replaces becomes last.prev.pt), then metrics.jsonl rewritten from last.pt's history, all written in
+        it replaces becomes last.prev.pt; a hard link to best.pt when they hold the same state), then metrics.jsonl rewritten from last.pt's history, all written in
         the background. A crash at any moment costs at most the steps since the latest checkpoint (a signal:
         nothing) and leaves metrics.jsonl matching the checkpoint a resume starts from, which rewrites it again."""
         if resume:
@@ -373,9 +373,11 @@ class GenerationTrainer:
                      f"{self.steps_per_epoch} (the step loop waited {stall_ms:.0f} ms)") if self.next_batch else None
 
         def write() -> None:
-            if best:
+            if best:  # best.pt first: a crash between the two never leaves last.pt ahead of it
                 atomic_save(state, run_dir / BEST)
-            atomic_save(state, run_dir / LAST, keep_previous=run_dir / LAST_PREVIOUS)
+                atomic_copy(run_dir / BEST, run_dir / LAST, keep_previous=run_dir / LAST_PREVIOUS)
+            else:
+                atomic_save(state, run_dir / LAST, keep_previous=run_dir / LAST_PREVIOUS)
             log.write_history(history)
             if mid_epoch:
                 self.written.append(mid_epoch)
