@@ -57,18 +57,26 @@ def test_kill_9_after_a_mid_epoch_checkpoint_costs_only_the_steps_since(tmp_path
 def test_writes_run_in_the_background_one_at_a_time(tmp_path, monkeypatch):
     """With a slow disk (each write takes 0.2 s), checkpoints due meanwhile are put off, never overlapped, and
     training does not wait for the writes; the run still ends with every file written."""
-    active, most, writes = [0], [0], []
-    real_save = trainer_module.atomic_save
+    active, most, writes, held = [0], [0], [], {}
+    real_save, real_copy = trainer_module.atomic_save, trainer_module.atomic_copy
 
-    def slow_save(obj, path, **kw):
+    def slow(write, path, obj):
         active[0] += 1
         most[0] = max(most[0], active[0])
         time.sleep(0.2)
-        real_save(obj, path, **kw)
+        write()
+        held[path.name] = obj
         writes.append((path.name, obj.get("epoch"), obj.get("step_in_epoch")))
         active[0] -= 1
 
+    def slow_save(obj, path, **kw):
+        slow(lambda: real_save(obj, path, **kw), path, obj)
+
+    def slow_copy(source, path, **kw):  # a best epoch's last.pt: a link to the best.pt just written
+        slow(lambda: real_copy(source, path, **kw), path, held[source.name])
+
     monkeypatch.setattr(trainer_module, "atomic_save", slow_save)
+    monkeypatch.setattr(trainer_module, "atomic_copy", slow_copy)
     summary = train(tiny_config(epochs=2, image_size=16, progress="none", checkpoint_minutes=EVERY_STEP),
                     tmp_path / "run")
     assert most[0] == 1  # never two writes at once
