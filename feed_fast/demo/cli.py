@@ -93,7 +93,7 @@ def register(subparsers) -> None:
         help="student rows trained beside the CE-only baseline (always trained): 'all', 'none', or "
              f"comma-separated names among {', '.join(COMPARABLE)} (kd: Hinton KD from the teachers' ensemble "
              "logits; ft: FEED from the first teacher alone, K=1; pfeed: FEED from all teachers). "
-             f"Default {','.join(d.compare)}, sized for `make demo` (under 5 minutes on 2 CPU cores); 'all' adds "
+             f"Default {','.join(d.compare)}, sized for `make demo` (minutes on 2 CPU cores); 'all' adds "
              "a KD and an FT student per seed")
     add("beta_sweep", type=_betas, nargs="?", const=DEFAULT_BETA_SWEEP, default=d.beta_sweep, metavar="BETAS",
         help="train one pFEED row per beta (comma-separated; alone: "

@@ -1,4 +1,4 @@
-"""The demo's knobs, with defaults sized to finish within about 5 minutes on 2 CPU cores."""
+"""The demo's knobs, with defaults sized for a few minutes on 2 CPU cores (README: measured times)."""
 from __future__ import annotations
 
 import json
