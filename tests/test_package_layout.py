@@ -35,3 +35,13 @@ def test_importing_the_op_loads_no_trainer_loader_or_triton():
     heavy = [m for m in loaded if m.startswith(("feed_fast.engine", "feed_fast.loaders", "feed_fast.methods",
                                                  "feed_fast.config", "feed_fast.demo", "triton"))]
     assert not heavy, f"`import feed_fast` pulled in {heavy}"
+
+
+def test_torchvision_is_imported_only_for_a_torchvision_model():
+    """torchvision brings torch._dynamo with it (seconds of every CLI start on 2 cores): a CIFAR model, and the
+    CLI's refusals before any training, go without it."""
+    code = ("import sys; from feed_fast.engine import cli; from feed_fast.models import build_model, "
+            "check_model_name; build_model('resnet8', 10); check_model_name('wrn_16_2'); "
+            "print('torchvision' in sys.modules); build_model('resnet18', 10); print('torchvision' in sys.modules)")
+    lines = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert lines == ["False", "True"]

@@ -26,7 +26,6 @@ from torch import nn
 
 from .cifar import CifarResNet, CifarResNeXt, WideResNet
 from .timm_models import TimmFeatureModel, check_timm_name, check_timm_weights, is_timm_name
-from .torchvision_models import TorchvisionFeatureModel, torchvision_model_names
 
 _RESNET = re.compile(r"^resnet(\d+)$")
 _WRN = re.compile(r"^wrn_(\d+)_(\d+)$")
@@ -45,7 +44,7 @@ def check_model_name(name: str) -> None:
     if is_timm_name(name):
         check_timm_name(name)
         return
-    if isinstance(name, str) and (is_cifar_model(name) or name in torchvision_model_names()):
+    if isinstance(name, str) and (is_cifar_model(name) or name in _torchvision().torchvision_model_names()):
         return
     raise ValueError(
         f"unknown model {name!r}: expected a CIFAR model (resnet{{{','.join(map(str, CIFAR_RESNET_DEPTHS))}}}, "
@@ -97,7 +96,22 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None,
             return WideResNet(int(m.group(1)), int(m.group(2)), num_classes, **kw)
         m = _RESNEXT.match(name)
         return CifarResNeXt(int(m.group(1)), int(m.group(2)), int(m.group(3)), num_classes, **kw)
-    return TorchvisionFeatureModel(name, num_classes, weights=weights, feature_node=feature_node, **kw)
+    return _torchvision().TorchvisionFeatureModel(name, num_classes, weights=weights, feature_node=feature_node,
+                                                  **kw)
+
+
+def _torchvision():
+    """torchvision_models, imported on first use: torchvision's import takes torch._dynamo with it (about 2.5 s
+    of a 7 s start on 2 cores), which a run of CIFAR or timm models never needs."""
+    from . import torchvision_models
+
+    return torchvision_models
+
+
+def __getattr__(name: str):
+    if name == "TorchvisionFeatureModel":
+        return _torchvision().TorchvisionFeatureModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def count_parameters(model: nn.Module) -> int:
