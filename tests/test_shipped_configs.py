@@ -159,3 +159,17 @@ def test_one_config_per_family_in_the_compiled_modes(name, compile_setting, data
     with compile_backend("aot_eager"):
         first, done = stop_and_resume(cfg, tmp_path / "run")
     check_finished(first, done, tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_config_whose_teachers_are_earlier_runs_says_how_to_train_them(name):
+    """A new user's first run of a CIFAR pFEED config stops at its missing teacher checkpoints: the config's own
+    header names the command that makes each one (runs/<name>/model.pt from a baseline config)."""
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    from_runs = [t["checkpoint"] for t in yaml.safe_load(text).get("teachers") or []
+                 if str(t.get("checkpoint", "")).startswith("runs/")]
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    if from_runs:
+        assert "train them first with" in header and "_baseline.yaml" in header, name
+        for checkpoint in from_runs:
+            assert "--out runs/" + checkpoint.split("/")[1].rsplit("seed", 1)[0] in header, (name, checkpoint)

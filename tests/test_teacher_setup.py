@@ -90,6 +90,16 @@ def test_a_teacher_added_incomplete_or_past_the_end_is_refused_naming_what_it_ne
                             [text.format(teacher=teacher) for text in overrides])
 
 
+def test_a_missing_teacher_checkpoint_says_where_one_comes_from(tmp_path):
+    missing = tmp_path / "runs" / "seed1" / "model.pt"
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(config({"name": "resnet8", "checkpoint": str(missing), "kwargs": TINY}))
+    assert str(err.value) == (
+        f"teachers.0.checkpoint {str(missing)!r} does not exist: a teacher's checkpoint is a local file, a finished "
+        "run's model.pt (train the teacher first: the shipped configs say how in their header) or a "
+        "torchvision/timm state dict; --teacher resnet8=FILE points at another")
+
+
 def test_a_missing_model_pt_beside_an_earlier_student_pt_says_so(tmp_path, teacher):
     old = tmp_path / "student.pt"
     shutil.copy(teacher, old)

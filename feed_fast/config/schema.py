@@ -227,16 +227,18 @@ def check_weights(key: str, name: str, weights: str) -> None:
         raise ConfigError(f"{key} {detail}") from None
 
 
-def earlier_export(teacher: TeacherConfig) -> str:
-    """A hint for a missing checkpoint named as a run's export when its twin lies beside it: model.pt where an
-    earlier release wrote student.pt, or the reverse."""
+def missing_checkpoint_hint(teacher: TeacherConfig) -> str:
+    """A hint for a missing checkpoint: its twin when it lies beside it (model.pt where an earlier release wrote
+    student.pt, or the reverse), else where a teacher's checkpoint comes from."""
     from ..engine.checkpoint import LEGACY_EXPORTS
 
     path = Path(teacher.checkpoint)
     twins = {**LEGACY_EXPORTS, **{old: new for new, old in LEGACY_EXPORTS.items()}}
     other = path.with_name(twins[path.name]) if path.name in twins else None
     if other is None or not other.is_file():
-        return ""
+        return (": a teacher's checkpoint is a local file, a finished run's model.pt (train the teacher first: the "
+                "shipped configs say how in their header) or a torchvision/timm state dict; --teacher "
+                f"{teacher.name}=FILE points at another")
     return (f" (but {str(other)!r} does: a run's export was student.pt before feed-fast named it model.pt; either "
             "loads)")
 
@@ -266,7 +268,7 @@ def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
         if teacher.weights:
             check_weights(f"{key}.weights", teacher.name, teacher.weights)
         if check_paths and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
-            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist{earlier_export(teacher)}")
+            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist{missing_checkpoint_hint(teacher)}")
     if METHODS[cfg.method.name].requires_teachers and not cfg.teachers:
         raise ConfigError(f"method.name={cfg.method.name!r} needs at least one entry in teachers")
 
