@@ -19,6 +19,7 @@ import yaml
 
 from feed_fast.models import build_model, check_model_name, check_weights
 from feed_fast.models.timm_models import TimmNotInstalledError, normalization_mismatch
+from feed_fast.models.zoo_weights import WeightsUnavailable
 
 needs_timm = pytest.mark.skipif(find_spec("timm") is None,
                                 reason="timm is not installed: pip install 'feed-fast[timm]'")
@@ -189,7 +190,7 @@ def test_pretrained_weights_come_from_the_hub_cache_offline(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="give 1000 classes, the data has 10"):
         build_model("timm/test_resnet.r160_in1k", 10, weights="pretrained")
     # not in the cache while offline: a clear error saying where the weights come from
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1.*or give a checkpoint file"):
+    with pytest.raises(WeightsUnavailable, match="Hugging Face cache .*HF_HUB_OFFLINE=1.*or give a checkpoint file"):
         build_model("timm/test_convnext.r160_in1k", 1000, weights="pretrained")
 
 

@@ -178,3 +178,29 @@ def test_an_earlier_student_pt_is_read_as_a_teacher_by_eval_and_as_a_finished_sf
     assert capsys.readouterr().out.startswith("top1 ")
     cfg = RunConfig.from_dict(config({"name": "resnet8", "checkpoint": str(old), "kwargs": TINY}))
     assert train(cfg, tmp_path / "distilled")["teacher_check"]["teachers"][0]["source"] == str(old)
+
+
+def test_zoo_weights_that_cannot_be_downloaded_are_one_line_naming_the_cache(tmp_path, monkeypatch, capsys):
+    """No network and nothing in torch's cache: the run stops before any work, in one line naming the teacher,
+    the weights and the folder to copy the file into (not urllib's traceback)."""
+    import socket
+    import urllib.error
+
+    import torch
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    raw = run_config(method="kd")
+    raw["teachers"] = [{"name": "resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}]
+    raw["data"] = {**raw["data"], "dataset": "synthetic", "num_classes": 1000}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [(f"feed-fast train: error: teachers.0 (resnet18): could not load torchvision's weights "
+                   f"'ResNet18_Weights.IMAGENET1K_V1' for 'resnet18' ([Errno -2] Name or service not known). "
+                   f"torchvision reads them from {tmp_path / 'hub' / 'checkpoints'} (TORCH_HOME); they are "
+                   "downloaded on first use: fill the cache on a machine with network access, or give a checkpoint "
+                   "file instead")]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, TeacherConfig
 from ..methods import TeacherOutputs
 from ..models import build_model
+from ..models.zoo_weights import WeightsUnavailable
 from ..runtime.device import compile_for
 from ..runtime.timing import TEACHERS
 from .checkpoint import load_weights
@@ -38,7 +39,7 @@ def load_teachers(specs: Sequence[TeacherConfig], num_classes: int) -> list[nn.M
     for i, spec in enumerate(specs):
         try:
             teachers.append(load_teacher(spec, num_classes))
-        except (ValueError, TypeError, FileNotFoundError) as err:
+        except (ValueError, TypeError, FileNotFoundError, WeightsUnavailable) as err:
             raise ConfigError(f"teachers.{i} ({spec.name}): {err}") from None
     return teachers
 

@@ -32,6 +32,8 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from .zoo_weights import WeightsUnavailable
+
 PREFIX = "timm/"
 PRETRAINED = "pretrained"  # the one weights spec timm models take
 
@@ -122,11 +124,8 @@ class TimmFeatureModel(nn.Module):
             try:
                 self.net = timm.create_model(arch, pretrained=True, **kwargs)
             except OSError as err:  # not in the cache while offline, no network, ...
-                raise RuntimeError(
-                    f"could not load timm's pretrained weights for {name!r} ({err}). They come from the Hugging "
-                    "Face cache (HF_HOME / HF_HUB_CACHE) and are downloaded on first use unless HF_HUB_OFFLINE=1; "
-                    "fill the cache on a machine with network access, or give a checkpoint file instead"
-                ) from err
+                raise WeightsUnavailable("timm", name, weights, err, "timm reads them from the Hugging Face cache "
+                                         "(HF_HOME / HF_HUB_CACHE; with HF_HUB_OFFLINE=1 from there only)") from err
             if note := normalization_mismatch(self.net.pretrained_cfg):
                 warnings.warn(f"timm model {name!r}: {note}", stacklevel=2)
         else:

@@ -6,10 +6,14 @@ families (RegNet: `trunk_output`), `features` for VGG, MobileNet, EfficientNet, 
 Other models need `feature_node=` (a node name from `torchvision.models.feature_extraction.get_graph_node_names`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .zoo_weights import WeightsUnavailable
 
 DEFAULT_FEATURE_NODES = {
     "resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4",
@@ -44,7 +48,14 @@ class TorchvisionFeatureModel(nn.Module):
                 "torchvision.models.feature_extraction.get_graph_node_names)"
             )
         kwargs = {"weights": weights} if weights else {"weights": None, "num_classes": num_classes}
-        self.net = torchvision.models.get_model(name, **kwargs)
+        try:
+            self.net = torchvision.models.get_model(name, **kwargs)
+        except OSError as err:  # the weights' download: no network, a refused connection, a proxy's error page
+            if not weights:
+                raise
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise WeightsUnavailable("torchvision", name, weights, err,
+                                     f"torchvision reads them from {cache} (TORCH_HOME)") from err
         if weights and self.net_num_classes() != num_classes:
             raise ValueError(f"weights {weights!r} give {self.net_num_classes()} classes, the data has {num_classes}")
         self.name, self.feature_node = name, node
