@@ -248,9 +248,12 @@ def measure_mode(mode: str, preset: dict, args, device: torch.device) -> dict:
         steady = {"student_step": graph_captured(baseline), "pfeed_step": graph_captured(pfeed)}
         parts = {}
         for name in PARTS:
+            started = time.perf_counter()
             parts[name] = measure(calls[name], args, device, steady.get(name, lambda: True))
             median = parts[name]["median_ms"]
             parts[name]["images_per_sec"] = preset["batch"] / median * 1e3 if median else None
+            print(f"[{mode}] {name}: {fmt(median, '.2f')} ms median ({time.perf_counter() - started:.0f} s with "
+                  "warm-up and compilation)", file=sys.stderr, flush=True)
         # one more pFEED step with Triton's launches counted: does this mode run our kernels (and where)?
         with count_triton_launches() as launches:
             calls["pfeed_step"](0)
@@ -342,6 +345,9 @@ def main(argv=None) -> int:
     args.max_warmup = max(args.warmup, args.max_warmup if args.max_warmup is not None else (60 if gpu else 20))
     args.iters = max(1, args.iters if args.iters is not None else (50 if gpu else 5))
     args.profile_steps = args.profile_steps if args.profile_steps is not None else 3
+    if not gpu and name != "smoke":
+        print(f"note: preset {name} on the CPU runs the GPU shapes at CPU speed (minutes per part); "
+              "--preset smoke gives the CPU figures", file=sys.stderr, flush=True)
     results = {mode: measure_mode(mode, preset, args, device) for mode in modes}
     report = {
         "benchmark": "train step against its floor",

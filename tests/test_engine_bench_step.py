@@ -93,6 +93,9 @@ def test_the_output_has_no_profiler_noise_and_labels_the_interpreter(tmp_path):
     eager = json.loads(out.read_text())["results"]["eager"]
     assert eager["triton_interpreter"] is True and eager["triton_launches_per_pfeed_step"] > 0
     assert "[eager] [triton-interpreter]" in result.stdout and "interpreter's, not a GPU's" in result.stdout
+    progress = [line.split(":")[0] for line in result.stderr.splitlines() if line.startswith("[eager] ")]
+    assert progress == [f"[eager] {part}" for part in ("student_step", "teachers_forward", "translators",
+                                                       "pfeed_step")]  # each part says it is done, as it is
 
 
 def test_profiler_noise_is_dropped_and_other_lines_kept(capfd):
