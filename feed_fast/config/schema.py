@@ -268,7 +268,8 @@ def check_run(cfg: RunConfig, *, check_paths: bool = True) -> None:
         if teacher.weights:
             check_weights(f"{key}.weights", teacher.name, teacher.weights)
         if check_paths and teacher.checkpoint and not Path(teacher.checkpoint).is_file():
-            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist{missing_checkpoint_hint(teacher)}")
+            raise ConfigError(f"{key}.checkpoint {teacher.checkpoint!r} does not exist"
+                              f"{missing_checkpoint_hint(teacher)}")
     if METHODS[cfg.method.name].requires_teachers and not cfg.teachers:
         raise ConfigError(f"method.name={cfg.method.name!r} needs at least one entry in teachers")
 

@@ -139,9 +139,10 @@ class GenerationTrainer:
         `announce(trainer)` is called on rank 0 once the starting point is known (the start block).
 
         Per epoch, best.pt (when the epoch is the best so far), then last.pt (the epoch's commit point; the one
-        it replaces becomes last.prev.pt; a hard link to best.pt when they hold the same state), then metrics.jsonl rewritten from last.pt's history, all written in
-        the background. A crash at any moment costs at most the steps since the latest checkpoint (a signal:
-        nothing) and leaves metrics.jsonl matching the checkpoint a resume starts from, which rewrites it again."""
+        it replaces becomes last.prev.pt; a hard link to best.pt when they hold the same state), then
+        metrics.jsonl rewritten from last.pt's history, all written in the background. A crash at any moment
+        costs at most the steps since the latest checkpoint (a signal: nothing) and leaves metrics.jsonl matching
+        the checkpoint a resume starts from, which rewrites it again."""
         if resume:
             if (self.run_dir / LAST).exists():
                 self.load(self.run_dir / LAST)
